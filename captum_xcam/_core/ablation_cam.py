@@ -1,0 +1,124 @@
+"""Ablation-CAM: Desai & Ramaswamy, WACV 2020."""
+from typing import Callable, List, Optional, Tuple, Union
+
+import torch
+from captum._utils.typing import TargetType
+from captum.attr._utils.attribution import PerturbationAttribution
+from captum.log import log_usage
+from torch import Tensor
+from torch.nn import Module
+
+from captum_xcam._core.layer_cam import LayerCam
+from captum_xcam._core.replay import LayerReplay, replay_channels
+
+
+class LayerAblationCam(LayerCam, PerturbationAttribution):
+    r"""
+    Ablation-CAM [Desai & Ramaswamy, WACV 2020,
+    https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf].
+    A gradient-free CAM: each channel is weighted by the relative drop of the
+    target output when that channel of the layer's output is set to zero:
+
+    .. math::
+        w_k = \frac{y - y_k}{y}
+
+    with ``y`` the target output and ``y_k`` the target output with channel
+    ``k`` of the layer output zeroed, everything else unchanged.
+
+    The division by ``y`` follows the paper literally. When ``y < 0`` it flips
+    the sign of every weight, so that the ReLU'd map keeps the regions whose
+    removal *raises* the score; when ``y == 0`` the ratio is undefined and all
+    weights of that example are 0 (an all-zero map). Explain a score that is
+    positive for the class of interest (a logit of a predicted class, or a
+    probability through a softmax in ``forward_func``) to avoid both cases.
+
+    Ablations are evaluated ``perturbations_per_eval`` at a time, in batches
+    that may mix examples.
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        layer: Module,
+        device_ids: Union[None, List[int]] = None,
+    ) -> None:
+        LayerCam.__init__(self, forward_func, layer, device_ids)
+        PerturbationAttribution.__init__(self, forward_func)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Optional[object] = None,
+        attribute_to_layer_input: bool = False,
+        relu_attributions: bool = False,
+        attr_dim_summation: bool = True,
+        perturbations_per_eval: int = 16,
+        show_progress: bool = False,
+    ) -> Tensor:
+        r"""
+        Arguments as in :meth:`LayerCam.attribute`, and:
+
+            perturbations_per_eval (int, optional): How many ablations are
+                        evaluated in one forward pass. Default: 16
+            show_progress (bool, optional): Show a progress bar over the
+                        ablated channels. Default: False
+
+        Returns:
+            *Tensor* of **attributions**, shaped as by :meth:`LayerCam.attribute`.
+        """
+        return self._attribute(
+            inputs,
+            target,
+            additional_forward_args,
+            attribute_to_layer_input,
+            relu_attributions,
+            attr_dim_summation,
+            perturbations_per_eval=perturbations_per_eval,
+            show_progress=show_progress,
+        )
+
+    def _activations_and_weights(
+        self,
+        inputs: Tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Optional[Tuple[object, ...]],
+        attribute_to_layer_input: bool,
+        perturbations_per_eval: int = 16,
+        show_progress: bool = False,
+    ) -> Tuple[Tensor, Tensor]:
+        activations, scores = self._layer_activations(
+            inputs, target, additional_forward_args, attribute_to_layer_input
+        )
+        replay = LayerReplay(
+            self.forward_func,
+            self.layer,
+            inputs,
+            additional_forward_args,
+            target,
+            attribute_to_layer_input,
+        )
+
+        def ablated_scores(examples: Tensor, channels: Tensor) -> Tensor:
+            ablated = activations[examples].clone()
+            ablated[torch.arange(len(examples), device=ablated.device), channels] = 0
+            return replay.scores(examples, layer_value=ablated)
+
+        ablated = replay_channels(
+            activations.shape[0],
+            activations.shape[1],
+            ablated_scores,
+            perturbations_per_eval,
+            activations.device,
+            show_progress,
+            desc="Ablation-CAM channels",
+        )
+        return activations, relative_drop(scores, ablated)
+
+
+def relative_drop(scores: Tensor, ablated_scores: Tensor) -> Tensor:
+    r"""``(y - y_k) / y`` per example and channel; 0 where ``y == 0``."""
+    y = scores.reshape(-1, 1).to(ablated_scores.dtype)
+    safe_y = torch.where(y != 0, y, torch.ones_like(y))
+    return ((y - ablated_scores) / safe_y).masked_fill(y == 0, 0)

@@ -1,0 +1,123 @@
+"""Guided CAMs: guided backpropagation times an upsampled CAM."""
+import warnings
+from typing import List, Optional, Tuple, Type, Union
+
+import torch
+from captum._utils.common import _format_output, _format_tensor_into_tuples, _is_tuple
+from captum._utils.typing import TargetType
+from captum.attr import GuidedBackprop
+from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
+from captum.log import log_usage
+from torch import Tensor
+from torch.nn import Module
+
+from captum_xcam._core.xgrad_cam import LayerXGradCam
+from captum_xcam._utils.model_state import modules_of, preserved_model_state
+
+
+class GuidedLayerCam(GradientAttribution):
+    r"""
+    The guided variant of any CAM, as Captum's ``GuidedGradCam`` is of
+    Grad-CAM [Selvaraju et al., ICCV 2017; Springenberg et al., 2015]: the
+    element-wise product of guided backpropagation (Captum's
+    :class:`~captum.attr.GuidedBackprop`) and the ReLU'd CAM upsampled to the
+    input size with ``LayerAttribution.interpolate``. It combines the CAM's
+    class-discriminative localisation with the fine detail of guided
+    backpropagation; the XGrad-CAM paper calls its variant Guided XGrad-CAM.
+
+    ``cam`` is any of this library's CAM classes or Captum's
+    ``LayerGradCam``; with the latter this equals Captum's ``GuidedGradCam``.
+
+        >>> guided = GuidedLayerCam(model, model.layer4, cam=LayerScoreCam)
+        >>> attr = guided.attribute(images, target=3, perturbations_per_eval=64)
+    """
+
+    def __init__(
+        self,
+        model: Module,
+        layer: Module,
+        cam: Type[LayerAttribution] = LayerXGradCam,
+        device_ids: Union[None, List[int]] = None,
+    ) -> None:
+        r"""
+        Args:
+
+            model (nn.Module): The reference to the PyTorch model instance.
+            layer (torch.nn.Module): Layer for which the CAM is computed.
+            cam (type, optional): The CAM class. Default: LayerXGradCam
+            device_ids (list[int], optional): Device ID list, necessary only
+                        if model is a DataParallel model.
+        """
+        GradientAttribution.__init__(self, model)
+        self.cam = cam(model, layer, device_ids)
+        self.guided_backprop = GuidedBackprop(model)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Optional[object] = None,
+        interpolate_mode: str = "nearest",
+        attribute_to_layer_input: bool = False,
+        **cam_kwargs: object,
+    ) -> Union[Tensor, Tuple[Tensor, ...]]:
+        r"""
+        Args:
+
+            inputs, target, additional_forward_args, attribute_to_layer_input:
+                        as for the CAM class.
+            interpolate_mode (str, optional): How the CAM is upsampled to each
+                        input, as in ``LayerAttribution.interpolate``.
+                        Default: "nearest" (as Captum's GuidedGradCam)
+            **cam_kwargs: Further keywords of the CAM's ``attribute``, for
+                        example ``perturbations_per_eval`` or ``baselines``.
+
+        Returns:
+            *Tensor* or *tuple[Tensor, ...]* of **attributions**, one per
+            input and shaped like it. An input that the CAM cannot be
+            interpolated to gets an empty tensor and a warning, as in Captum.
+        """
+        is_inputs_tuple = _is_tuple(inputs)
+        inputs_tuple = _format_tensor_into_tuples(inputs)
+        with preserved_model_state(modules_of(self.forward_func, self.cam.layer)):
+            cam = self.cam.attribute.__wrapped__(  # type: ignore[attr-defined]
+                self.cam,
+                inputs_tuple,
+                target=target,
+                additional_forward_args=additional_forward_args,
+                attribute_to_layer_input=attribute_to_layer_input,
+                relu_attributions=True,
+                **cam_kwargs,
+            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*Setting backward hooks")
+                guided = self.guided_backprop.attribute.__wrapped__(  # type: ignore[attr-defined]
+                    self.guided_backprop,
+                    inputs_tuple,
+                    target=target,
+                    additional_forward_args=additional_forward_args,
+                )
+        return _format_output(
+            is_inputs_tuple,
+            tuple(
+                _guided_product(g, cam, x, interpolate_mode)
+                for g, x in zip(guided, inputs_tuple)
+            ),
+        )
+
+
+def _guided_product(guided: Tensor, cam: Tensor, inp: Tensor, mode: str) -> Tensor:
+    try:
+        return guided * LayerAttribution.interpolate(
+            cam, tuple(inp.shape[2:]), interpolate_mode=mode
+        )
+    except Exception:
+        warnings.warn(
+            "Couldn't interpolate the CAM to an input of shape "
+            f"{tuple(inp.shape)}; returning an empty tensor for it.",
+            stacklevel=3,
+        )
+        return torch.empty(0)
+
+
