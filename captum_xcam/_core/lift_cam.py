@@ -108,8 +108,9 @@ class LayerSubstitutedModel(Module):
     ) -> None:
         super().__init__()
         self.wrapped = ModuleList([model if model is not None else layer])
-        self.forward_func = forward_func
-        self.layer = layer
+        # Plain references, not submodules: DeepLift must meet each module once.
+        object.__setattr__(self, "forward_func", forward_func)
+        object.__setattr__(self, "layer", layer)
         self.inputs = inputs
         self.attribute_to_layer_input = attribute_to_layer_input
 

@@ -1,0 +1,95 @@
+"""Bad input gets a clear error that names the problem."""
+import pytest
+import torch
+
+from captum_xcam import (
+    LayerAblationCam,
+    LayerGradCamPlusPlus,
+    LayerLiftCam,
+    LayerScoreCam,
+    LayerXGradCam,
+)
+from conftest import make_images, make_model
+
+CAMS = [LayerXGradCam, LayerGradCamPlusPlus, LayerAblationCam, LayerScoreCam, LayerLiftCam]
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return make_model("resnet18")
+
+
+@pytest.mark.parametrize("cam_class", CAMS)
+def test_layer_not_in_model(cam_class, resnet):
+    model, _ = resnet
+    other, _ = make_model("resnet18", seed=1)
+    with pytest.raises(ValueError, match="not a submodule"):
+        cam_class(model, other.layer4)
+
+
+@pytest.mark.parametrize("cam_class", CAMS)
+def test_layer_not_called_by_a_plain_function(cam_class, resnet):
+    model, _ = resnet
+    other, _ = make_model("resnet18", seed=1)
+    with pytest.raises(ValueError, match="not called"):
+        cam_class(lambda x: model(x), other.layer4).attribute(make_images(n=1), target=0)
+
+
+@pytest.mark.parametrize("cam_class", CAMS)
+def test_layer_without_spatial_dimensions(cam_class, resnet):
+    model, _ = resnet
+    with pytest.raises(ValueError, match="no spatial dimensions"):
+        cam_class(model, model.fc).attribute(make_images(n=1), target=0)
+
+
+@pytest.mark.parametrize("cam_class", CAMS)
+@pytest.mark.parametrize("target", [10, -1, [0, 12], torch.tensor([3, 99]), (1, 2)])
+def test_target_out_of_range(cam_class, target, resnet):
+    model, layer = resnet
+    with pytest.raises(ValueError, match="[Tt]arget"):
+        cam_class(model, layer).attribute(make_images(n=2), target=target)
+
+
+@pytest.mark.parametrize("cam_class", CAMS)
+def test_missing_target_for_multi_output_model(cam_class, resnet):
+    model, layer = resnet
+    with pytest.raises(ValueError, match="pass a target"):
+        cam_class(model, layer).attribute(make_images(n=2))
+
+
+@pytest.mark.parametrize("cam_class", CAMS)
+def test_empty_batch(cam_class, resnet):
+    model, layer = resnet
+    with pytest.raises(ValueError, match="empty"):
+        cam_class(model, layer).attribute(make_images(n=2)[:0], target=0)
+
+
+@pytest.mark.parametrize("cam_class", CAMS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs(cam_class, bad, resnet):
+    model, layer = resnet
+    x = make_images(n=2)
+    x[1, 0, 3, 3] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        cam_class(model, layer).attribute(x, target=0)
+
+
+@pytest.mark.parametrize("cam_class", [LayerAblationCam, LayerScoreCam])
+def test_bad_perturbations_per_eval(cam_class, resnet):
+    model, layer = resnet
+    with pytest.raises(ValueError, match="perturbations_per_eval"):
+        cam_class(model, layer).attribute(make_images(n=1), target=0, perturbations_per_eval=0)
+
+
+def test_score_cam_bad_baselines(resnet):
+    model, layer = resnet
+    with pytest.raises(ValueError, match="baselines"):
+        LayerScoreCam(model, layer).attribute(
+            make_images(n=2), target=0, baselines=torch.zeros(2, 3, 5, 5)
+        )
+
+
+def test_lift_cam_reused_nonlinearity_after_layer(resnet):
+    model, _ = resnet
+    with pytest.raises(ValueError, match="more than once"):
+        LayerLiftCam(model, model.layer3).attribute(make_images(n=1), target=0)
