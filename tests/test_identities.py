@@ -37,7 +37,11 @@ def exact_channel_shapley(model, layer, x, target):
     r"""Shapley values of the K channels of the layer output, a channel being
     present or zeroed, by enumerating all 2^K coalitions."""
     store = {}
-    handle = layer.register_forward_hook(lambda m, i, o: store.setdefault("a", o.detach()))
+
+    def record(module, inp, out):
+        store["a"] = out.detach().clone()
+
+    handle = layer.register_forward_hook(record)
     with torch.no_grad():
         model(x)
     handle.remove()
