@@ -45,3 +45,22 @@ def test_load_pretrained_device_and_path(tmp_path):
     assert next(model.parameters()).device.type == "cpu"
     with pytest.raises(FileNotFoundError):
         load_pretrained(path=tmp_path / "missing.pt")
+
+
+
+def test_head_replaces_the_model_after_the_cam_layer_in_shapley_sampling():
+    # The same permutations (same seed) through the whole model with the layer
+    # substituted and through model.head give the same channel Shapley values.
+    from captum_xcam.metrics import channel_shapley_values
+
+    model = load_pretrained()
+    data = make_synthetic(2, seed=5)
+    values = []
+    for head in (None, model.head):
+        torch.manual_seed(0)
+        values.append(channel_shapley_values(
+            model, model.cam_layer, data.images, target=data.labels, n_samples=2,
+            perturbations_per_eval=65, layer_forward_func=head,
+        ))
+    torch.testing.assert_close(values[0], values[1], rtol=1e-4, atol=1e-5)
+    assert values[0].shape == (2, 64)

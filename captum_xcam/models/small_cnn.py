@@ -64,9 +64,14 @@ class SmallCNN(nn.Module):
     def cam_layer(self) -> nn.Module:
         return self.block4
 
+    def head(self, activations: Tensor) -> Tensor:
+        r"""The part of the model after :attr:`cam_layer`: its output
+        (N, 64, h, w) to the class scores (N, num_classes). Cheap, for
+        metrics that evaluate many modified activations."""
+        return self.classifier(self.pool(activations))
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.block4(self.block3(self.block2(self.block1(x))))
-        return self.classifier(self.pool(x))
+        return self.head(self.block4(self.block3(self.block2(self.block1(x)))))
 
 
 def load_pretrained(
