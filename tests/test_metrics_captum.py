@@ -4,7 +4,7 @@ import torch
 from captum.metrics import infidelity, sensitivity_max
 
 from captum_xcam import LayerXGradCam
-from captum_xcam.metrics import expand_to_inputs, explanation_func, pixel_noise
+from captum_xcam.metrics import expand_to_inputs, explanation_func, pixel_noise, square_removal
 from tests.metrics_models import ConvGapHead, PixelLinear
 
 
@@ -62,3 +62,25 @@ def test_sensitivity_max_of_a_cam_through_explanation_func():
     again = sensitivity_max(explanation_func(cam), x, perturb_func=lambda inp: inp + delta,
                             n_perturb_samples=3, target=[1, 0])
     torch.testing.assert_close(again, sens)
+
+
+def test_square_removal_perturbs_one_square_and_a_contribution_map_is_exact():
+    torch.manual_seed(0)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    indicator, perturbed = square_removal(3)(x)
+    for k in range(3):
+        square = indicator[k, 0].bool()
+        rows, cols = torch.nonzero(square, as_tuple=True)
+        assert square.sum() == 9 and rows.max() - rows.min() == 2 and cols.max() - cols.min() == 2
+        assert torch.equal(indicator[k, 1], indicator[k, 0])
+        assert torch.equal(perturbed[k][:, square], torch.zeros(2, 9, dtype=torch.float64))
+        assert torch.equal(perturbed[k][:, ~square], x[k][:, ~square])
+    # For f(x) = sum v_p x_cp the contributions v_p x_cp predict every square's
+    # removal exactly: infidelity 0; a map of the weights alone does not.
+    v = torch.rand(6, 6, dtype=torch.float64)
+    model = PixelLinear(v)
+    exact = infidelity(model, square_removal(3), x, v * x, target=0, n_perturb_samples=5)
+    torch.testing.assert_close(exact, torch.zeros(3, dtype=torch.float64))
+    weights_only = infidelity(model, square_removal(3), x, v.expand_as(x), target=0,
+                              n_perturb_samples=5)
+    assert (weights_only > 0).all()

@@ -14,7 +14,12 @@ from captum_xcam.metrics.axioms import (
     channel_ablation_scores,
     xgrad_cam_axioms,
 )
-from captum_xcam.metrics.captum_metrics import expand_to_inputs, explanation_func, pixel_noise
+from captum_xcam.metrics.captum_metrics import (
+    expand_to_inputs,
+    explanation_func,
+    pixel_noise,
+    square_removal,
+)
 from captum_xcam.metrics.confidence import ConfidenceChange, confidence_change
 from captum_xcam.metrics.deletion_insertion import PixelCurves, deletion, insertion
 from captum_xcam.metrics.pointing_game import energy_pointing_game, pointing_game
@@ -45,6 +50,7 @@ __all__ = [
     "pixel_noise",
     "pointing_game",
     "rank_correlation",
+    "square_removal",
     "weights_from_maps",
     "xgrad_cam_axioms",
 ]

@@ -29,6 +29,11 @@ so that ``sum(attribution * perturbation) = sum_p map_p * noise_p``::
     >>> infid = infidelity(model, pixel_noise(0.1), images,
     ...                    expand_to_inputs(attr, images), target=labels,
     ...                    normalize=True)   # (N,)
+
+Small noise tests a map as a local linear model (gradient-like). For region
+maps, the paper's *square removal* perturbation (:func:`square_removal`)
+asks instead whether the map's total over a random square predicts the drop
+of the output when the square is removed.
 """
 from typing import Callable, Tuple
 
@@ -78,5 +83,36 @@ def pixel_noise(std: float = 0.1) -> Callable[[Tensor], Tuple[Tensor, Tensor]]:
         noise = torch.randn(shape, device=inputs.device, dtype=inputs.dtype) * std
         noise = noise.expand_as(inputs)
         return noise, inputs - noise
+
+    return perturb
+
+
+def square_removal(side: int, baseline: float = 0.0) -> Callable[[Tensor], Tuple[Tensor, Tensor]]:
+    r"""
+    A ``perturb_func`` for ``captum.metrics.infidelity``: the *square removal*
+    perturbation of Yeh et al. [NeurIPS 2019, https://arxiv.org/abs/1901.09392,
+    sec. 3]. Each copy of an image gets one square of ``side`` pixels, at a
+    uniformly random position (torch's global generator), set to
+    ``baseline``; the returned perturbation is the square's indicator, so that
+    ``sum(attribution * I)`` is the attribution's total in the square, which
+    should predict ``f(x) - f(x with the square removed)``. Use it with
+    attributions that are contributions (CAMs, Integrated Gradients), not
+    gradients.
+
+    Returns:
+        A function of the inputs (N, C, H, W) returning ``(I, perturbed inputs)``.
+    """
+
+    def perturb(inputs: Tensor) -> Tuple[Tensor, Tensor]:
+        n, _, height, width = inputs.shape
+        if not 1 <= side <= min(height, width):
+            raise ValueError(f"side {side} does not fit images of {height}x{width}.")
+        top = torch.randint(0, height - side + 1, (n, 1, 1, 1), device=inputs.device)
+        left = torch.randint(0, width - side + 1, (n, 1, 1, 1), device=inputs.device)
+        ys = torch.arange(height, device=inputs.device).reshape(1, 1, -1, 1)
+        xs = torch.arange(width, device=inputs.device).reshape(1, 1, 1, -1)
+        square = (ys >= top) & (ys < top + side) & (xs >= left) & (xs < left + side)
+        indicator = square.expand_as(inputs).to(inputs.dtype)
+        return indicator, torch.where(square, torch.as_tensor(baseline, dtype=inputs.dtype), inputs)
 
     return perturb
