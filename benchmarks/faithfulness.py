@@ -474,6 +474,32 @@ def plot(result: Dict[str, object], task: Task, grid_images: Tensor, out: Path) 
     Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
 
 
+def settings(args: argparse.Namespace, task: Task) -> str:
+    r"""The metric settings of a run, in words, for the table's footnote."""
+    width = task.images.shape[-1]
+    parts = [
+        "CAMs ReLU'd and upsampled bilinearly",
+        f"deletion (substrate zeros) and insertion (substrate blur, kernel 11, sigma 5) in "
+        f"steps of {args.step or width} px, softmax probability",
+    ]
+    if task.masks is not None:
+        parts.append(f"pointing tolerance {args.tolerance:g} px on the object mask; energy "
+                     "pointing on the box")
+    parts.append(f"infidelity: Captum's, normalized, {args.infidelity_samples} square removals "
+                 f"of side {args.square or width // 4} px (to 0; logit)")
+    if args.sensitivity_samples > 0:
+        parts.append(f"max-sensitivity: Captum's, {args.sensitivity_samples} samples, radius "
+                     f"{args.perturb_radius:g}")
+    parts.append("axioms on the logit with the pre-ReLU map")
+    if args.shapley_samples > 0:
+        parts.append(f"SHAP: Spearman correlation of channel weights with channel Shapley "
+                     f"values ({args.shapley_samples} permutations, Captum's "
+                     "ShapleyValueSampling)")
+    parts.append("random map floor: uniform noise per pixel"
+                 + (", random normal channel weights for SHAP" if args.shapley_samples > 0 else ""))
+    return "; ".join(parts)
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-images", type=int, default=128)
@@ -547,20 +573,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             "captum": __import__("captum").__version__,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "shapley_samples": args.shapley_samples,
-            "settings": (
-                f"CAMs ReLU'd and upsampled bilinearly; deletion (substrate zeros) and "
-                f"insertion (substrate blur, kernel 11, sigma 5) in steps of "
-                f"{args.step or task.images.shape[-1]} px, softmax probability; pointing "
-                f"tolerance {args.tolerance:g} px on the object mask; energy pointing on the "
-                f"box; infidelity: Captum's, normalized, {args.infidelity_samples} square "
-                f"removals of side {args.square or task.images.shape[-1] // 4} px (to 0; "
-                f"logit); max-sensitivity: Captum's, "
-                f"{args.sensitivity_samples} samples, radius {args.perturb_radius:g}; axioms on "
-                f"the logit with the pre-ReLU map; SHAP: Spearman correlation of channel "
-                f"weights with channel Shapley values ({args.shapley_samples} permutations, "
-                f"Captum's ShapleyValueSampling); random map floor: uniform noise per pixel, "
-                f"random normal channel weights for SHAP"
-            ),
+            "settings": settings(args, task),
         }
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "faithfulness.md").write_text(markdown(result, config))
