@@ -21,7 +21,6 @@ and ``faithfulness_maps.png`` into ``--out`` (default benchmarks/results).
 """
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -452,7 +451,8 @@ def plot(result: Dict[str, object], task: Task, grid_images: Tensor, out: Path) 
     for r in range(rows):
         axes[r, 0].imshow(shown[r].permute(1, 2, 0))
         if task.masks is not None:
-            axes[r, 0].contour(task.masks[r].cpu().float(), levels=[0.5], colors="w", linewidths=0.6)
+            axes[r, 0].contour(task.masks[r].cpu().float(), levels=[0.5], colors="w",
+                               linewidths=0.6)
         for c, method in enumerate(methods, start=1):
             image = grid[method][r]
             if image.min() < 0:  # signed: zero in the middle of a diverging map
@@ -560,7 +560,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         result = aggregate(everything, methods, n)
         with torch.no_grad():
             predictions = torch.cat([task.model(x).argmax(1) for x in task.images.split(64)])
-        accuracy = None if args.image_folder else float((predictions == task.targets).float().mean())
+        accuracy = (None if args.image_folder
+                    else float((predictions == task.targets).float().mean()))
         config = {
             "task": task.description,
             "accuracy": accuracy,

@@ -49,7 +49,8 @@ def test_deletion_and_insertion_curves_by_hand():
     perfect = V.reshape(1, 1, 2, 2)
     d = deletion(pixel_model(), x, perfect, target=0, step=1, softmax=False)
     torch.testing.assert_close(d.curves, torch.tensor([[10.0, 6, 3, 1, 0]], dtype=torch.float64))
-    torch.testing.assert_close(d.fractions, torch.tensor([0, 0.25, 0.5, 0.75, 1], dtype=torch.float64))
+    fractions = torch.tensor([0, 0.25, 0.5, 0.75, 1], dtype=torch.float64)
+    torch.testing.assert_close(d.fractions, fractions)
     torch.testing.assert_close(d.auc, torch.tensor([3.75], dtype=torch.float64))
     i = insertion(pixel_model(), x, perfect, target=0, step=1, softmax=False, substrate="zeros")
     torch.testing.assert_close(i.curves, torch.tensor([[0.0, 4, 7, 9, 10]], dtype=torch.float64))
@@ -57,7 +58,8 @@ def test_deletion_and_insertion_curves_by_hand():
     # A step that does not divide the pixel count: 3 pixels, then the last one.
     d3 = deletion(pixel_model(), x, perfect, target=0, step=3, softmax=False)
     torch.testing.assert_close(d3.curves, torch.tensor([[10.0, 1, 0]], dtype=torch.float64))
-    torch.testing.assert_close(d3.auc, torch.tensor([0.75 * 11 / 2 + 0.25 * 1 / 2], dtype=torch.float64))
+    trapezoids = 0.75 * (10 + 1) / 2 + 0.25 * (1 + 0) / 2
+    torch.testing.assert_close(d3.auc, torch.tensor([trapezoids], dtype=torch.float64))
 
 
 def test_reversed_map_deletes_the_least_important_first_and_scores_worse():

@@ -18,7 +18,8 @@ def test_cams_are_upsampled_and_input_attributions_reduced():
     assert torch.equal(up, expected)
     ig = torch.tensor([[[[1.0, -2.0]], [[3.0, 1.0]]]])  # (1, 2 channels, 1, 2)
     assert torch.equal(input_resolution_maps(ig, (1, 2)), torch.tensor([[[4.0, -1.0]]]))
-    assert torch.equal(input_resolution_maps(ig, (1, 2), reduce="abs_sum"), torch.tensor([[[4.0, 3.0]]]))
+    absolute = input_resolution_maps(ig, (1, 2), reduce="abs_sum")
+    assert torch.equal(absolute, torch.tensor([[[4.0, 3.0]]]))
     with pytest.raises(ValueError, match="channels at a resolution"):
         input_resolution_maps(torch.rand(1, 3, 2, 2), (4, 4))
     with pytest.raises(ValueError, match=r"\(N, C, h, w\)"):

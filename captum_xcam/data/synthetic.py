@@ -13,7 +13,7 @@ Everything is drawn with ``torch`` on the CPU from one
 """
 import math
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 from torch import Tensor

@@ -125,7 +125,10 @@ def substrate_for(inputs: Tensor, substrate: SubstrateType) -> Tensor:
             return torch.zeros_like(inputs)
         if substrate == "blur":
             return gaussian_blur(inputs, kernel_size=[11, 11], sigma=[5.0, 5.0])
-        raise ValueError(f'substrate must be "zeros", "blur", a number, a tensor or a callable, got {substrate!r}.')
+        raise ValueError(
+            'substrate must be "zeros", "blur", a number, a tensor or a callable, '
+            f"got {substrate!r}."
+        )
     if callable(substrate):
         values = substrate(inputs)
     else:
