@@ -108,9 +108,12 @@ class LayerSubstitutedModel(Module):
     ) -> None:
         super().__init__()
         self.wrapped = ModuleList([model if model is not None else layer])
-        # Plain references, not submodules: DeepLift must meet each module once.
-        object.__setattr__(self, "forward_func", forward_func)
-        object.__setattr__(self, "layer", layer)
+        # Plain attributes, not submodules: DeepLift hooks every module it
+        # reaches through the module tree, and a nonlinearity reached twice
+        # (through ``wrapped`` and through a ``forward_func`` that is the model)
+        # would get two sets of hooks and fail in the backward pass.
+        self.__dict__["forward_func"] = forward_func
+        self.__dict__["layer"] = layer
         self.inputs = inputs
         self.attribute_to_layer_input = attribute_to_layer_input
 
