@@ -52,3 +52,31 @@ def make_images(n: int = 3, size: int = 64, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(params=list(ARCHITECTURES))
 def architecture(request):
     return request.param
+
+
+class TinyNet(nn.Module):
+    r"""A small CNN laid out like a torchvision ResNet (``layer4``, ``avgpool``,
+    ``fc``, BatchNorm, in-place ReLU), with few channels so that the
+    perturbation methods run in a blink."""
+
+    def __init__(self, channels: int = 12, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True)
+        )
+        self.layer4 = nn.Sequential(
+            nn.Conv2d(8, channels, 3, stride=2, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.avgpool(self.layer4(self.stem(x))), 1))
+
+
+def make_tiny(seed: int = 0) -> Tuple[nn.Module, nn.Module]:
+    torch.manual_seed(seed)
+    model = randomise(TinyNet(), seed).double().eval()
+    return model, model.layer4

@@ -12,7 +12,7 @@ from captum_xcam import (
     LayerScoreCam,
     LayerXGradCam,
 )
-from conftest import make_images, make_model
+from conftest import make_images, make_model, make_tiny
 
 CAMS = [LayerXGradCam, LayerGradCamPlusPlus, LayerAblationCam, LayerScoreCam, LayerLiftCam]
 HOOK_DICTS = (
@@ -50,9 +50,9 @@ def assert_unchanged(before, after):
 
 
 def model_in_train_mode_with_grads():
-    model, layer = make_model("resnet18")
+    model, layer = make_tiny()
     model.train()
-    model.layer2.eval()  # a mixed state must survive too
+    model.stem[1].eval()  # a mixed state must survive too
     for i, p in enumerate(model.parameters()):
         if i % 3 == 0:
             p.grad = torch.randn_like(p)
@@ -63,7 +63,7 @@ def model_in_train_mode_with_grads():
 def test_model_unchanged_after_success(cam_class):
     model, layer = model_in_train_mode_with_grads()
     before = snapshot(model)
-    cam_class(model, layer).attribute(make_images(n=2), target=[1, 2])
+    cam_class(model, layer).attribute(make_images(n=2, size=16), target=[1, 2])
     assert_unchanged(before, snapshot(model))
 
 
@@ -71,7 +71,7 @@ def test_model_unchanged_after_success(cam_class):
 def test_guided_model_unchanged_after_success(cam_class):
     model, layer = model_in_train_mode_with_grads()
     before = snapshot(model)
-    GuidedLayerCam(model, layer, cam=cam_class).attribute(make_images(n=2), target=[1, 2])
+    GuidedLayerCam(model, layer, cam=cam_class).attribute(make_images(n=2, size=16), target=[1, 2])
     assert_unchanged(before, snapshot(model))
 
 
@@ -100,7 +100,7 @@ def test_model_unchanged_after_exception_midway(cam_class, fail_on):
     wrapper = FailsOnCall(model, fail_on)
     before = snapshot(model)
     try:
-        cam_class(wrapper, layer).attribute(make_images(n=2), target=[1, 2])
+        cam_class(wrapper, layer).attribute(make_images(n=2, size=16), target=[1, 2])
     except RuntimeError as error:
         assert "boom" in str(error)
     else:  # the gradient methods may finish in fewer calls
@@ -114,7 +114,7 @@ def test_in_place_relu_after_the_layer_sees_pre_relu_values():
     model, _ = make_model("vgg11_bn")
     layer = model.features[-3]
     assert isinstance(model.features[-2], nn.ReLU) and model.features[-2].inplace
-    x = make_images(n=1)
+    x = make_images(n=1, size=32)
     store = {}
 
     def record(module, inp, out):
