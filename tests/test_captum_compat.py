@@ -12,7 +12,7 @@ from captum_xcam import (
     LayerScoreCam,
     LayerXGradCam,
 )
-from conftest import make_images, make_model, make_tiny
+from conftest import make_images, make_tiny
 
 CAMS = [LayerXGradCam, LayerGradCamPlusPlus, LayerAblationCam, LayerScoreCam, LayerLiftCam]
 

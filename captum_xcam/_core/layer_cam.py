@@ -1,5 +1,5 @@
 """The CAM family's shared plumbing: every CAM is ``sum_k w_k A_k``."""
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
