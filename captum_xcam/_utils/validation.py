@@ -84,8 +84,10 @@ def _index_rows(target: TargetType, n: int) -> List[Tuple[int, ...]]:
     )
 
 
-def check_target(output: Tensor, target: TargetType) -> None:
-    r"""Raises a ValueError unless ``target`` picks one valid output per example."""
+def target_indices(output: Tensor, target: TargetType) -> List[Tuple[int, ...]]:
+    r"""The full index of each example's target in ``output[n]`` (one int per
+    dimension after the batch), or a ValueError unless ``target`` picks one
+    valid output per example."""
     n = output.shape[0]
     if target is None:
         if output.numel() != n:
@@ -93,8 +95,9 @@ def check_target(output: Tensor, target: TargetType) -> None:
                 f"The model output has shape {tuple(output.shape)}: pass a target "
                 "to choose one output per example."
             )
-        return
-    for row, index in enumerate(_index_rows(target, n)):
+        return [(0,) * (output.dim() - 1)] * n
+    rows = _index_rows(target, n)
+    for row, index in enumerate(rows):
         if len(index) != output.dim() - 1:
             raise ValueError(
                 f"Target {index} for example {row} has {len(index)} indices, but "
@@ -107,3 +110,4 @@ def check_target(output: Tensor, target: TargetType) -> None:
                     f"Target {i} for example {row} is out of range: the model "
                     f"output has {size} entries in dimension {dim + 1}."
                 )
+    return rows
