@@ -1,5 +1,7 @@
 """Each method against an independent computation of its paper's formula,
 on five torchvision architectures with random weights."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from captum.attr import LayerGradCam
@@ -30,6 +32,19 @@ def per_channel(cam_class, model, layer, x, **kwargs):
     return cam_class(model, layer).attribute(
         x, target=TARGETS, attr_dim_summation=False, **kwargs
     )
+
+
+def first_conv_calls(model):
+    r"""Counts the calls of the model's first convolution, which is before the
+    layer (ResNet) or inside it (the others, whose layer is ``features``)."""
+    counter = SimpleNamespace(calls=0)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+    def count(module, inputs, output):
+        counter.calls += 1
+
+    conv.register_forward_hook(count)
+    return counter
 
 
 def implied_weights(per_channel_map, A):
@@ -64,9 +79,12 @@ def test_ablation_cam_brute_force(architecture):
     with torch.no_grad():
         y = scores_of(model(x), targets)
     A, _ = activations_and_gradients(model, layer, x, targets)
+    start = first_conv_calls(model)
     maps = LayerAblationCam(model, layer).attribute(
         x, target=targets, attr_dim_summation=False, perturbations_per_eval=61
     )
+    # The model up to the layer ran once; only the part after it was replayed.
+    assert start.calls == 1
     weights = implied_weights(maps, A)
     g = torch.Generator().manual_seed(1)
     for n, t in enumerate(targets):
@@ -131,7 +149,9 @@ def test_lift_cam_completeness(architecture):
     model, layer = make_model(architecture)
     x = make_images()
     A, _ = activations_and_gradients(model, layer, x, TARGETS)
+    start = first_conv_calls(model)
     maps = per_channel(LayerLiftCam, model, layer, x)
+    assert start.calls == 1  # DeepLift ran on the part after the layer alone
     weights = implied_weights(maps, A)
     f_a = scores_of(output_with_layer(model, layer, x, A), TARGETS)
     f_0 = scores_of(output_with_layer(model, layer, x, torch.zeros_like(A)), TARGETS)

@@ -75,37 +75,38 @@ def test_guided_model_unchanged_after_success(cam_class):
     assert_unchanged(before, snapshot(model))
 
 
-class FailsOnCall(nn.Module):
-    r"""Raises from inside the model on its n-th forward call, after the
-    attribution's hooks are in place and BatchNorm statistics have moved."""
+class FailsOnCall:
+    r"""A forward hook that raises from inside the model on the n-th call of
+    its module, after the attribution's hooks are in place and BatchNorm
+    statistics have moved. A module with a hook runs as a module on every
+    path: the whole model, or the part before or after the layer alone."""
 
-    def __init__(self, model: nn.Module, fail_on: int) -> None:
-        super().__init__()
-        self.model = model
+    def __init__(self, fail_on: int) -> None:
         self.fail_on = fail_on
         self.calls = 0
 
-    def forward(self, x):
+    def __call__(self, module, inputs, output):
         self.calls += 1
-        out = self.model(x)
         if self.calls == self.fail_on:
             raise RuntimeError("boom")
-        return out
 
 
 @pytest.mark.parametrize("cam_class", CAMS)
+@pytest.mark.parametrize("where", ["stem", "fc"])  # before and after the layer
 @pytest.mark.parametrize("fail_on", [1, 2, 3])
-def test_model_unchanged_after_exception_midway(cam_class, fail_on):
+def test_model_unchanged_after_exception_midway(cam_class, where, fail_on):
     model, layer = model_in_train_mode_with_grads()
-    wrapper = FailsOnCall(model, fail_on)
+    failing = FailsOnCall(fail_on)
+    handle = getattr(model, where).register_forward_hook(failing)
     before = snapshot(model)
     try:
-        cam_class(wrapper, layer).attribute(make_images(n=2, size=16), target=[1, 2])
+        cam_class(model, layer).attribute(make_images(n=2, size=16), target=[1, 2])
     except RuntimeError as error:
         assert "boom" in str(error)
     else:  # the gradient methods may finish in fewer calls
-        assert wrapper.calls < fail_on
+        assert failing.calls < fail_on
     assert_unchanged(before, snapshot(model))
+    handle.remove()
 
 
 def test_in_place_relu_after_the_layer_sees_pre_relu_values():

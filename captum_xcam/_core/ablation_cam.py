@@ -9,7 +9,8 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_xcam._core.layer_cam import LayerCam
-from captum_xcam._core.replay import LayerReplay, replay_channels
+from captum_xcam._core.layer_tail import LayerTail
+from captum_xcam._core.replay import replay_channels
 
 
 class LayerAblationCam(LayerCam, PerturbationAttribution):
@@ -33,7 +34,11 @@ class LayerAblationCam(LayerCam, PerturbationAttribution):
     probability through a softmax in ``forward_func``) to avoid both cases.
 
     Ablations are evaluated ``perturbations_per_eval`` at a time, in batches
-    that may mix examples.
+    that may mix examples. Where ``torch.fx`` can split the model at the layer
+    (``forward_func`` is the model, or its ``forward``, and traceable), the part
+    before the layer runs once and only the part after it is replayed on the
+    ablated tensors; otherwise the whole model is re-run for each batch, with
+    the same results.
     """
 
     def __init__(
@@ -88,33 +93,36 @@ class LayerAblationCam(LayerCam, PerturbationAttribution):
         perturbations_per_eval: int = 16,
         show_progress: bool = False,
     ) -> Tuple[Tensor, Tensor]:
-        activations, scores = self._layer_activations(
-            inputs, target, additional_forward_args, attribute_to_layer_input
-        )
-        replay = LayerReplay(
-            self.forward_func,
-            self.layer,
-            inputs,
-            additional_forward_args,
-            target,
-            attribute_to_layer_input,
-        )
+        tail = self._tail(inputs, target, additional_forward_args, attribute_to_layer_input)
+        ablated = ablated_channel_scores(tail, perturbations_per_eval, show_progress)
+        return tail.activations, relative_drop(tail.target_scores, ablated)
 
-        def ablated_scores(examples: Tensor, channels: Tensor) -> Tensor:
-            ablated = activations[examples].clone()
-            ablated[torch.arange(len(examples), device=ablated.device), channels] = 0
-            return replay.scores(examples, layer_value=ablated)
 
-        ablated = replay_channels(
-            activations.shape[0],
-            activations.shape[1],
-            ablated_scores,
-            perturbations_per_eval,
-            activations.device,
-            show_progress,
-            desc="Ablation-CAM channels",
-        )
-        return activations, relative_drop(scores, ablated)
+def ablated_channel_scores(
+    tail: LayerTail,
+    perturbations_per_eval: int,
+    show_progress: bool = False,
+    desc: str = "Ablation-CAM channels",
+) -> Tensor:
+    r"""The target score ``y_k`` (N, K) of every example with channel ``k`` of
+    the layer tensor set to zero, ``perturbations_per_eval`` ablations (of one
+    or more examples) per replay of the model after the layer."""
+    activations = tail.activations
+
+    def ablated_scores(rows: Tensor, channels: Tensor) -> Tensor:
+        ablated = activations[rows]
+        ablated[torch.arange(len(rows), device=ablated.device), channels] = 0
+        return tail.scores(ablated, rows)
+
+    return replay_channels(
+        activations.shape[0],
+        activations.shape[1],
+        ablated_scores,
+        perturbations_per_eval,
+        activations.device,
+        show_progress,
+        desc=desc,
+    )
 
 
 def relative_drop(scores: Tensor, ablated_scores: Tensor) -> Tensor:

@@ -12,11 +12,12 @@ from captum._utils.typing import TargetType
 from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
 from captum.log import log_usage
 from torch import Tensor
-from torch.nn import Module
+from torch.nn import DataParallel, Module
 
-from captum_xcam._utils.layer_hooks import captured
+from captum_xcam._core.layer_tail import LayerTail, layer_tail, single_record
+from captum_xcam._utils.layer_hooks import differentiable_from
 from captum_xcam._utils.model_state import model_of, modules_of, preserved_model_state
-from captum_xcam._utils.targets import scoring
+from captum_xcam._utils.targets import scoring, select_target_scores
 from captum_xcam._utils.validation import check_inputs, check_layer, check_layer_tensor
 
 
@@ -142,35 +143,22 @@ class LayerCam(LayerAttribution):
     def _model(self) -> Optional[Module]:
         return model_of(self.forward_func)
 
-    def _layer_activations(
+    def _tail(
         self,
         inputs: Tuple[Tensor, ...],
         target: TargetType,
         additional_forward_args: Optional[Tuple[object, ...]],
         attribute_to_layer_input: bool,
-    ) -> Tuple[Tensor, Tensor]:
-        r"""One forward pass without autograd: the layer activations and the
-        target scores (N,)."""
-        score = scoring(self.forward_func, target)
-        with torch.no_grad(), captured(self.layer, attribute_to_layer_input) as records:
-            scores = score(*inputs, *(additional_forward_args or ()))
-        return self._single_record(records, attribute_to_layer_input), scores
-
-    def _single_record(
-        self, records: List[Tuple[Tensor, ...]], attribute_to_layer_input: bool
-    ) -> Tensor:
-        where = "input" if attribute_to_layer_input else "output"
-        if not records:
-            raise ValueError(
-                f"The layer {type(self.layer).__name__} was not called by the "
-                "forward function: pass a module that the model uses."
-            )
-        if len(records) > 1:
-            raise ValueError(
-                f"The layer {type(self.layer).__name__} was called {len(records)} "
-                "times in one forward pass; CAM methods need a layer called once."
-            )
-        return check_layer_tensor(records[0], self.layer, f"{where}")
+    ) -> LayerTail:
+        r"""The model after the layer, for the explained examples."""
+        return layer_tail(
+            self.forward_func,
+            self.layer,
+            inputs,
+            additional_forward_args,
+            target,
+            attribute_to_layer_input,
+        )
 
 
 class GradientLayerCam(LayerCam, GradientAttribution):
@@ -207,21 +195,43 @@ class GradientLayerCam(LayerCam, GradientAttribution):
         additional_forward_args: Optional[Tuple[object, ...]],
         attribute_to_layer_input: bool,
     ) -> Tuple[Tensor, Tensor]:
-        device_ids = self.device_ids or getattr(self._model, "device_ids", None)
-        try:
-            gradients, evals = compute_layer_gradients_and_eval(
-                scoring(self.forward_func, target),
-                self.layer,
-                inputs,
-                None,
-                additional_forward_args,
-                device_ids=device_ids,
-                attribute_to_layer_input=attribute_to_layer_input,
+        r"""``A`` and ``G = dy/dA`` from one forward pass, in which only the
+        part after the layer builds a graph, and a backward pass that stops at
+        the layer: no parameter gradients are computed."""
+        if self.device_ids or isinstance(self._model, DataParallel):
+            return self._activations_and_gradients_per_device(
+                inputs, target, additional_forward_args, attribute_to_layer_input
             )
-        except AssertionError as error:
-            if "did not obtain any outputs" not in str(error):
-                raise
-            self._single_record([], attribute_to_layer_input)
+        with torch.no_grad(), differentiable_from(self.layer, attribute_to_layer_input) as records:
+            output = self.forward_func(*inputs, *(additional_forward_args or ()))
+            scores = select_target_scores(output, target)  # on the graph, if any
+        activations = single_record(records, self.layer, attribute_to_layer_input)
+        if not scores.requires_grad:
+            raise ValueError(
+                f"The target output does not depend on the {type(self.layer).__name__} "
+                "layer's tensor: explain a layer that the output is computed from."
+            )
+        (gradients,) = torch.autograd.grad(scores, activations, torch.ones_like(scores))
+        return activations.detach(), gradients
+
+    def _activations_and_gradients_per_device(
+        self,
+        inputs: Tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Optional[Tuple[object, ...]],
+        attribute_to_layer_input: bool,
+    ) -> Tuple[Tensor, Tensor]:
+        r"""The same through Captum, which gathers a DataParallel model's
+        per-device layer tensors."""
+        gradients, evals = compute_layer_gradients_and_eval(
+            scoring(self.forward_func, target),
+            self.layer,
+            inputs,
+            None,
+            additional_forward_args,
+            device_ids=self.device_ids or getattr(self._model, "device_ids", None),
+            attribute_to_layer_input=attribute_to_layer_input,
+        )
         where = "input" if attribute_to_layer_input else "output"
         activations = check_layer_tensor(evals, self.layer, where)
         return activations.detach(), gradients[0].detach()

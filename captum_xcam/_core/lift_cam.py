@@ -8,10 +8,9 @@ from captum._utils.typing import TargetType
 from captum.attr import DeepLift
 from captum.attr._utils.attribution import GradientAttribution
 from torch import Tensor
-from torch.nn import Module, ModuleList
+from torch.nn import Module
 
 from captum_xcam._core.layer_cam import LayerCam, spatial_sum
-from captum_xcam._utils.layer_hooks import substituted
 
 
 class LayerLiftCam(LayerCam, GradientAttribution):
@@ -41,8 +40,12 @@ class LayerLiftCam(LayerCam, GradientAttribution):
     ResNet, whose blocks call one ReLU module three times, raises an error,
     while the usual ``layer4`` works.
 
-    Costs one forward pass for the activations and one DeepLift pass (a
-    forward pass of twice the batch and a backward pass).
+    Where ``torch.fx`` can split the model at the layer (``forward_func`` is
+    the model, or its ``forward``, and traceable), the part before the layer
+    runs once and DeepLift (a forward pass of twice the batch and a backward
+    pass) runs on the part after it alone: about the cost of one forward pass
+    when the layer is near the output. Otherwise the activations take one
+    forward pass and DeepLift runs the whole model.
     """
 
     def __init__(
@@ -62,20 +65,15 @@ class LayerLiftCam(LayerCam, GradientAttribution):
         attribute_to_layer_input: bool,
         **method_kwargs: object,
     ) -> Tuple[Tensor, Tensor]:
-        activations, _ = self._layer_activations(
-            inputs, target, additional_forward_args, attribute_to_layer_input
-        )
-        substituted_model = LayerSubstitutedModel(
-            self.forward_func, self._model, self.layer, inputs, attribute_to_layer_input
-        )
+        tail = self._tail(inputs, target, additional_forward_args, attribute_to_layer_input)
+        activations = tail.activations
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Setting forward, backward hooks")
             try:
-                contributions = DeepLift(substituted_model).attribute(
+                contributions = DeepLift(tail.module()).attribute(
                     activations.clone().requires_grad_(),
                     baselines=torch.zeros_like(activations),
                     target=target,
-                    additional_forward_args=additional_forward_args,
                 )
             except RuntimeError as error:
                 if "being used more than once" not in str(error):
@@ -88,38 +86,3 @@ class LayerLiftCam(LayerCam, GradientAttribution):
                     "as a ResNet's layer4."
                 ) from error
         return activations, spatial_sum(contributions.detach())
-
-
-class LayerSubstitutedModel(Module):
-    r"""The model as a function of the layer's output (or input): ``forward(a)``
-    runs ``forward_func`` on the explained inputs with ``a`` in place of the
-    layer tensor. A batch of ``a`` that is a multiple of the explained batch
-    (DeepLift stacks the activations and the reference) reuses the inputs
-    cyclically. The wrapped model is a child, so that DeepLift finds its
-    nonlinear modules."""
-
-    def __init__(
-        self,
-        forward_func: Callable,
-        model: Optional[Module],
-        layer: Module,
-        inputs: Tuple[Tensor, ...],
-        attribute_to_layer_input: bool,
-    ) -> None:
-        super().__init__()
-        self.wrapped = ModuleList([model if model is not None else layer])
-        # Plain attributes, not submodules: DeepLift hooks every module it
-        # reaches through the module tree, and a nonlinearity reached twice
-        # (through ``wrapped`` and through a ``forward_func`` that is the model)
-        # would get two sets of hooks and fail in the backward pass.
-        self.__dict__["forward_func"] = forward_func
-        self.__dict__["layer"] = layer
-        self.inputs = inputs
-        self.attribute_to_layer_input = attribute_to_layer_input
-
-    def forward(self, layer_value: Tensor, *additional_forward_args: object) -> Tensor:
-        n = self.inputs[0].shape[0]
-        rows = torch.arange(layer_value.shape[0]) % n
-        inputs = tuple(x[rows.to(x.device)] for x in self.inputs)
-        with substituted(self.layer, layer_value, self.attribute_to_layer_input):
-            return self.forward_func(*inputs, *additional_forward_args)

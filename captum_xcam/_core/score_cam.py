@@ -10,7 +10,9 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_xcam._core.layer_cam import LayerCam
-from captum_xcam._core.replay import LayerReplay, replay_channels
+from captum_xcam._core.layer_tail import layer_activations
+from captum_xcam._core.replay import replay_channels
+from captum_xcam._utils.targets import TargetSelector, rows_of
 
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -110,8 +112,8 @@ class LayerScoreCam(LayerCam, PerturbationAttribution):
         show_progress: bool = False,
         channel_softmax: bool = False,
     ) -> Tuple[Tensor, Tensor]:
-        activations, _ = self._layer_activations(
-            inputs, target, additional_forward_args, attribute_to_layer_input
+        activations, _ = layer_activations(
+            self.forward_func, self.layer, inputs, additional_forward_args, attribute_to_layer_input
         )
         spatial_dims = activations.dim() - 2
         masked = [x.dim() - 2 == spatial_dims for x in inputs]
@@ -122,16 +124,11 @@ class LayerScoreCam(LayerCam, PerturbationAttribution):
                 f"{[tuple(x.shape) for x in inputs]})."
             )
         references = format_baselines(baselines, inputs)
-        replay = LayerReplay(
-            self.forward_func,
-            self.layer,
-            inputs,
-            additional_forward_args,
-            target,
-            attribute_to_layer_input,
-        )
-        examples = torch.arange(len(inputs[0]), device=inputs[0].device)
-        reference_scores = replay.scores(examples, inputs=references)
+        args = additional_forward_args or ()
+        with torch.no_grad():
+            reference_output = self.forward_func(*references, *args)
+        select = TargetSelector(target, reference_output)
+        reference_scores = select(reference_output)
 
         def masked_scores(rows: Tensor, channels: Tensor) -> Tensor:
             maps = activations[rows, channels]
@@ -139,8 +136,9 @@ class LayerScoreCam(LayerCam, PerturbationAttribution):
                 mask_input(x[rows], b[rows], maps) if m else x[rows]
                 for x, b, m in zip(inputs, references, masked)
             )
-            scores = replay.scores(rows, inputs=masked_inputs)
-            return scores - reference_scores[rows.to(reference_scores.device)]
+            with torch.no_grad():
+                output = self.forward_func(*masked_inputs, *(rows_of(args, rows) or ()))
+            return select(output, rows) - reference_scores[rows]
 
         flat = activations.flatten(2)
         weights = replay_channels(
@@ -171,9 +169,11 @@ def upsampled_masks(maps: Tensor, size: Tuple[int, ...]) -> Tensor:
 
 
 def mask_input(x: Tensor, reference: Tensor, maps: Tensor) -> Tensor:
-    r"""``X_b + (X - X_b) * H`` for M rows of an input and M activation maps."""
+    r"""``X_b + (X - X_b) * H`` for M rows of an input and M activation maps,
+    in the memory format of ``x`` (channels-last inputs make faster
+    convolutions on many devices)."""
     masks = upsampled_masks(maps.to(x.device, x.dtype), tuple(x.shape[2:]))
-    return reference + (x - reference) * masks
+    return torch.addcmul(reference, x - reference, masks, out=torch.empty_like(x))
 
 
 def format_baselines(baselines: BaselineType, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:

@@ -2,16 +2,14 @@ r"""XGrad-CAM's axioms (Fu et al., "Axiom-based Grad-CAM", BMVC 2020):
 Conservation and Sensitivity, measured per image."""
 from typing import Callable, NamedTuple, Optional, Tuple
 
-import torch
 from captum._utils.common import _format_additional_forward_args
 from captum._utils.typing import TargetType
 from captum.attr import LayerAttribution
 from torch import Tensor
 from torch.nn import Module
 
-from captum_xcam._core.replay import LayerReplay, replay_channels
-from captum_xcam._utils.layer_hooks import captured
-from captum_xcam._utils.targets import scoring
+from captum_xcam._core.ablation_cam import ablated_channel_scores
+from captum_xcam._core.layer_tail import layer_tail
 
 
 class AxiomErrors(NamedTuple):
@@ -34,28 +32,17 @@ def channel_ablation_scores(
     r"""
     The target score ``S`` (N,) and the scores ``S\k`` (N, K) with channel
     ``k`` of the layer's output (or input) set to zero, everything else
-    unchanged, without softmax. Costs ``N K / perturbations_per_eval`` forward
-    passes; the result serves every method's axiom errors.
+    unchanged, without softmax. Costs ``N K / perturbations_per_eval`` replays
+    of the model after the layer (of the whole model where it cannot be split
+    at the layer, as for Ablation-CAM); the result serves every method's
+    axiom errors.
     """
-    inputs_tuple = (inputs,)
     args = _format_additional_forward_args(additional_forward_args)
-    with torch.no_grad(), captured(layer, attribute_to_layer_input) as records:
-        scores = scoring(forward_func, target)(inputs, *(args or ()))
-    if len(records) != 1 or len(records[0]) != 1:
-        raise ValueError("The layer must be called once and hold a single tensor.")
-    activations = records[0][0]
-    replay = LayerReplay(forward_func, layer, inputs_tuple, args, target, attribute_to_layer_input)
-
-    def ablated(rows: Tensor, channels: Tensor) -> Tensor:
-        value = activations[rows].clone()
-        value[torch.arange(len(rows), device=value.device), channels] = 0
-        return replay.scores(rows, layer_value=value)
-
-    ablated_scores = replay_channels(
-        activations.shape[0], activations.shape[1], ablated, perturbations_per_eval,
-        activations.device, show_progress, desc="Channel ablations",
+    tail = layer_tail(forward_func, layer, (inputs,), args, target, attribute_to_layer_input)
+    ablated = ablated_channel_scores(
+        tail, perturbations_per_eval, show_progress, desc="Channel ablations"
     )
-    return scores, ablated_scores
+    return tail.target_scores, ablated
 
 
 def axiom_errors(per_channel_maps: Tensor, scores: Tensor, ablated_scores: Tensor) -> AxiomErrors:

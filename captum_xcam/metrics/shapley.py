@@ -12,8 +12,7 @@ from captum.attr import LayerActivation, LayerAttribution, ShapleyValueSampling
 from torch import Tensor
 from torch.nn import Module
 
-from captum_xcam._core.lift_cam import LayerSubstitutedModel
-from captum_xcam._utils.model_state import model_of
+from captum_xcam._core.layer_tail import layer_tail
 from captum_xcam._utils.targets import rows_of, select_target_scores, target_rows
 
 
@@ -63,9 +62,10 @@ def channel_shapley_values(
                     forward pass, for every image at once. Default: 16
         layer_forward_func (Callable, optional): The part of the model after
                     the layer, mapping the layer tensor (and the additional
-                    forward args) to the output, which makes each evaluation
-                    cheap. Default: None (the whole model is run on the
-                    inputs with the layer tensor substituted)
+                    forward args) to the output. Default: None (the model
+                    after the layer, split off with ``torch.fx`` where it can
+                    be, else the whole model run with the layer tensor
+                    substituted)
         max_exact_channels (int, optional): Largest K for which "auto" is
                     exact. Default: 10
         show_progress (bool, optional): Show a progress bar. Default: False
@@ -76,18 +76,20 @@ def channel_shapley_values(
     if method not in ("auto", "exact", "sampling"):
         raise ValueError(f'method must be "auto", "exact" or "sampling", got {method!r}.')
     args = _format_additional_forward_args(additional_forward_args)
-    activations = LayerActivation(forward_func, layer).attribute(
-        inputs, additional_forward_args=args, attribute_to_layer_input=attribute_to_layer_input
-    ).detach()
+    if layer_forward_func is None:
+        tail = layer_tail(forward_func, layer, (inputs,), args, target, attribute_to_layer_input)
+        activations, value, value_args = tail.activations, tail.module(), None
+    else:
+        activations = LayerActivation(forward_func, layer).attribute(
+            inputs, additional_forward_args=args, attribute_to_layer_input=attribute_to_layer_input
+        ).detach()
+        value, value_args = layer_forward_func, args
     if isinstance(activations, tuple) or activations.dim() < 3:
         raise ValueError("The layer must hold a single (N, K, *spatial) tensor.")
-    value = layer_forward_func or LayerSubstitutedModel(
-        forward_func, model_of(forward_func), layer, (inputs,), attribute_to_layer_input
-    )
     channels = activations.shape[1]
     if method == "exact" or (method == "auto" and channels <= max_exact_channels):
         return _exact_shapley(
-            value, activations, target, args, perturbations_per_eval, show_progress
+            value, activations, target, value_args, perturbations_per_eval, show_progress
         )
     feature_mask = torch.arange(channels, device=activations.device).reshape(
         (1, channels) + (1,) * (activations.dim() - 2)
@@ -97,7 +99,7 @@ def channel_shapley_values(
             activations,
             baselines=0.0,
             target=target,
-            additional_forward_args=args,
+            additional_forward_args=value_args,
             feature_mask=feature_mask,
             n_samples=n_samples,
             perturbations_per_eval=perturbations_per_eval,
@@ -123,7 +125,7 @@ def _exact_shapley(
     spatial = (1,) * (activations.dim() - 2)
     values = torch.empty(coalitions * n, dtype=torch.float64, device=device)
     # Pair p is coalition p // n of example p % n, so that every chunk of a
-    # multiple of n pairs lists the examples in order, as LayerSubstitutedModel expects.
+    # multiple of n pairs lists the examples in order, as a LayerTail's module expects.
     pairs = torch.arange(coalitions * n, device=device)
     bar = progress(total=coalitions, desc="Exact Shapley coalitions", disable=not show_progress)
     try:

@@ -1,0 +1,240 @@
+"""The model after a layer, as a function of the layer's tensor.
+
+Ablation-CAM, LIFT-CAM and the channel metrics evaluate the model many times
+with the layer's tensor changed and everything before the layer as it was.
+:func:`layer_tail` gives them a :class:`LayerTail`: the layer's activations
+for the explained examples, their target scores, and the target scores for
+any replacement of the layer tensor. Where ``torch.fx`` can split the model
+at the layer, the part before the layer runs once and only the part after it
+is replayed (:class:`TracedTail`); elsewhere the whole model is re-run with
+the layer's tensor substituted (:class:`ReplayedTail`). Both give the same
+numbers.
+"""
+
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from captum._utils.typing import TargetType
+from torch import Tensor
+from torch.nn import Module, ModuleList
+
+from captum_xcam._utils.graph_split import GraphSplit, discard_split, split_at_layer
+from captum_xcam._utils.layer_hooks import captured, substituted
+from captum_xcam._utils.model_state import model_of
+from captum_xcam._utils.targets import TargetSelector, rows_of
+from captum_xcam._utils.validation import check_layer_tensor
+
+
+class LayerTail:
+    r"""
+    The target scores of ``forward_func`` on the explained examples as a
+    function of one layer's output (or input).
+
+    Attributes:
+        activations (Tensor): The layer tensor of the explained examples,
+                    (N, K, *spatial), owned by the caller.
+        target_scores (Tensor): Their target scores (N,).
+        selector (TargetSelector): Picks the target scores of any rows.
+    """
+
+    activations: Tensor
+    target_scores: Tensor
+    selector: TargetSelector
+
+    def scores(self, layer_value: Tensor, rows: Tensor) -> Tensor:
+        r"""
+        Args:
+            layer_value (Tensor): M replacement layer tensors, one per row.
+            rows (Tensor): The explained example each replacement belongs to
+                        (M,), repeats allowed.
+        Returns:
+            The target score of each row (M,), without autograd.
+        """
+        with torch.no_grad():
+            return self.selector(self.module()(layer_value, rows), rows)
+
+    def module(self) -> Module:
+        r"""The tail as a module, ``forward(layer_value, rows=None)`` giving the
+        model's output; ``rows`` defaults to ``i % N`` for row ``i``. Its
+        submodules are the model's own, so that Captum's DeepLift can hook the
+        nonlinearities that the tail runs."""
+        raise NotImplementedError
+
+
+class TracedTail(LayerTail):
+    r"""Runs the head of a :class:`GraphSplit` once, then only its tail."""
+
+    def __init__(
+        self,
+        split: GraphSplit,
+        head_values: Tuple[Tensor, ...],
+        target: TargetType,
+    ) -> None:
+        self.activations = head_values[0]
+        self._module = _TracedTailModule(split, head_values[1:], len(self.activations))
+        with torch.no_grad():
+            output = self._module(self.activations.clone())
+        self.selector = TargetSelector(target, output)
+        self.target_scores = self.selector(output)
+
+    def module(self) -> Module:
+        return self._module
+
+
+class ReplayedTail(LayerTail):
+    r"""Re-runs the whole forward function with the layer tensor substituted."""
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        layer: Module,
+        inputs: Tuple[Tensor, ...],
+        additional_forward_args: Optional[Tuple[object, ...]],
+        target: TargetType,
+        attribute_to_layer_input: bool,
+    ) -> None:
+        self.activations, output = layer_activations(
+            forward_func, layer, inputs, additional_forward_args, attribute_to_layer_input
+        )
+        self.selector = TargetSelector(target, output)
+        self.target_scores = self.selector(output)
+        self._module = LayerSubstitutedModel(
+            forward_func,
+            model_of(forward_func),
+            layer,
+            inputs,
+            additional_forward_args,
+            attribute_to_layer_input,
+        )
+
+    def module(self) -> Module:
+        return self._module
+
+
+def layer_tail(
+    forward_func: Callable,
+    layer: Module,
+    inputs: Tuple[Tensor, ...],
+    additional_forward_args: Optional[Tuple[object, ...]],
+    target: TargetType,
+    attribute_to_layer_input: bool,
+) -> LayerTail:
+    r"""A :class:`TracedTail` where ``forward_func`` is a module (or its
+    ``forward``) that ``torch.fx`` can split at the layer, with crossing
+    values that have one row per example; else a :class:`ReplayedTail`."""
+    model = model_of(forward_func)
+    traceable = model is not None and (forward_func is model or forward_func == model.forward)
+    split = split_at_layer(model, layer, attribute_to_layer_input) if traceable else None
+    if split is not None:
+        with torch.no_grad():
+            head_values = split.head(*inputs, *(additional_forward_args or ()))
+        if _per_example(split, head_values, len(inputs[0])):
+            return TracedTail(split, head_values, target)
+        discard_split(model, layer, attribute_to_layer_input)
+    return ReplayedTail(
+        forward_func, layer, inputs, additional_forward_args, target, attribute_to_layer_input
+    )
+
+
+def _per_example(split: GraphSplit, head_values: Tuple[object, ...], n: int) -> bool:
+    r"""Whether the head gave a layer tensor, and crossing values that are
+    arguments or tensors with one row per example (a batch size read before
+    the layer, for instance, would be wrong for a replay of other size)."""
+    layer_value, *crossing = head_values
+    if not isinstance(layer_value, Tensor) or layer_value.dim() < 3:
+        return False
+    return all(
+        is_argument or (isinstance(value, Tensor) and value.dim() > 0 and len(value) == n)
+        for value, is_argument in zip(crossing, split.is_argument)
+    )
+
+
+def layer_activations(
+    forward_func: Callable,
+    layer: Module,
+    inputs: Tuple[Tensor, ...],
+    additional_forward_args: Optional[Tuple[object, ...]],
+    attribute_to_layer_input: bool,
+) -> Tuple[Tensor, Tensor]:
+    r"""One forward pass without autograd: the layer tensor (a copy, immune to
+    later in-place operations) and the model's output."""
+    with torch.no_grad(), captured(layer, attribute_to_layer_input) as records:
+        output = forward_func(*inputs, *(additional_forward_args or ()))
+    return single_record(records, layer, attribute_to_layer_input), output
+
+
+def single_record(
+    records: List[Tuple[Tensor, ...]], layer: Module, attribute_to_layer_input: bool
+) -> Tensor:
+    r"""The one layer tensor recorded in a forward pass, or a ValueError that
+    says why there is not exactly one."""
+    if not records:
+        raise ValueError(
+            f"The layer {type(layer).__name__} was not called by the "
+            "forward function: pass a module that the model uses."
+        )
+    if len(records) > 1:
+        raise ValueError(
+            f"The layer {type(layer).__name__} was called {len(records)} "
+            "times in one forward pass; CAM methods need a layer called once."
+        )
+    return check_layer_tensor(records[0], layer, "input" if attribute_to_layer_input else "output")
+
+
+def _cyclic_rows(layer_value: Tensor, rows: Optional[Tensor], n: int) -> Tensor:
+    if rows is not None:
+        return rows
+    return torch.arange(len(layer_value), device=layer_value.device) % n
+
+
+class _TracedTailModule(Module):
+    r"""The traced tail with the crossing values of the explained examples."""
+
+    def __init__(self, split: GraphSplit, crossing: Tuple[object, ...], n: int) -> None:
+        super().__init__()
+        self.tail = split.tail
+        self.crossing = crossing
+        self.is_argument = split.is_argument
+        self.n = n
+
+    def forward(self, layer_value: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        rows = _cyclic_rows(layer_value, rows, self.n)
+        crossing = rows_of(self.crossing, rows) or ()
+        # A clone: an in-place operation after the layer must not alter the
+        # caller's tensor (nor fail on it when it requires grad).
+        return self.tail(layer_value.clone(), *crossing)
+
+
+class LayerSubstitutedModel(Module):
+    r"""The model as a function of the layer's output (or input):
+    ``forward(a, rows)`` runs ``forward_func`` on the explained examples
+    ``rows`` with ``a`` in place of the layer tensor. The wrapped model is a
+    child, so that DeepLift finds its nonlinear modules."""
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        model: Optional[Module],
+        layer: Module,
+        inputs: Tuple[Tensor, ...],
+        additional_forward_args: Optional[Tuple[object, ...]],
+        attribute_to_layer_input: bool,
+    ) -> None:
+        super().__init__()
+        self.wrapped = ModuleList([model if model is not None else layer])
+        # Plain attributes, not submodules: DeepLift hooks every module it
+        # reaches through the module tree, and a nonlinearity reached twice
+        # (through ``wrapped`` and through a ``forward_func`` that is the model)
+        # would get two sets of hooks and fail in the backward pass.
+        self.__dict__["forward_func"] = forward_func
+        self.__dict__["layer"] = layer
+        self.inputs = inputs
+        self.additional_forward_args = additional_forward_args
+        self.attribute_to_layer_input = attribute_to_layer_input
+
+    def forward(self, layer_value: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        rows = _cyclic_rows(layer_value, rows, len(self.inputs[0]))
+        inputs = rows_of(self.inputs, rows)
+        args = rows_of(self.additional_forward_args, rows) or ()
+        with substituted(self.layer, layer_value, self.attribute_to_layer_input):
+            return self.forward_func(*inputs, *args)

@@ -1,0 +1,294 @@
+"""How the methods run, not only what they return: the part of the model before
+the layer runs once where the model can be split there (and the whole model
+is re-run, with the same results, where it cannot); the gradient methods build
+no graph before the layer; Score-CAM's replays are bounded, skip constant
+channels and do not synchronise with the host per chunk."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from captum_xcam import (
+    LayerAblationCam,
+    LayerGradCamPlusPlus,
+    LayerLiftCam,
+    LayerScoreCam,
+    LayerXGradCam,
+)
+from captum_xcam._core.layer_tail import ReplayedTail, TracedTail, layer_tail
+from conftest import make_images, make_tiny, randomise
+from reference import output_with_layer
+
+TARGETS = [1, 7]
+
+
+class CallCounter:
+    r"""A forward hook counting calls and the examples they carry."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.rows = 0
+
+    def __call__(self, module, inputs, output):
+        self.calls += 1
+        self.rows += len(inputs[0])
+
+
+def counted(module: nn.Module) -> CallCounter:
+    counter = CallCounter()
+    module.register_forward_hook(counter)
+    return counter
+
+
+def test_ablation_replays_one_chunk_at_a_time_after_the_layer():
+    model, layer = make_tiny()
+    before, after = counted(model.stem), counted(model.fc)
+    LayerAblationCam(model, layer).attribute(
+        make_images(n=2, size=16), target=TARGETS, perturbations_per_eval=5
+    )
+    assert (before.calls, before.rows) == (1, 2)
+    # The explained rows, then 2 x 12 ablations in chunks of 5 that span images.
+    assert (after.calls, after.rows) == (1 + math.ceil(2 * 12 / 5), 2 + 2 * 12)
+
+
+class DataDependent(nn.Module):
+    r"""A branch on a tensor's value: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tiny = make_tiny()[0]
+
+    def forward(self, x):
+        if x.mean() > -1e9:  # always true, but only known at run time
+            x = x * 1.0
+        return self.tiny(x)
+
+
+class BatchSizeReadEarly(nn.Module):
+    r"""Reads the batch size before the layer and uses it after: a replay of
+    another batch size must re-run the whole model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tiny = make_tiny()[0]
+
+    def forward(self, x):
+        b = x.shape[0]
+        t = self.tiny
+        a = t.layer4(t.stem(x))
+        return t.fc(t.avgpool(a).view(b, -1))
+
+
+class SkipAcross(nn.Module):
+    r"""A skip connection across the layer and an additional argument used
+    after it: both cross from the part before the layer to the part after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.layer = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x, scale):
+        h = self.stem(x)
+        z = self.relu(self.layer(h) + h)
+        return self.fc(z.mean((2, 3))) * scale[:, None]
+
+
+def ablation_brute_force(forward, layer, x, targets):
+    r"""(y - y_k) / y for every channel, the whole model re-run each time."""
+    with torch.no_grad():
+        y = torch.stack([forward(x)[n, t] for n, t in enumerate(targets)])
+    weights = []
+    for n, t in enumerate(targets):
+        row = []
+        for k in range(layer_channels(forward, layer, x)):
+
+            def zero_k(module, inp, out, k=k):
+                out = out.clone()
+                out[:, k] = 0
+                return out
+
+            handle = layer.register_forward_hook(zero_k)
+            with torch.no_grad():
+                y_k = forward(x)[n, t]
+            handle.remove()
+            row.append((y[n] - y_k) / y[n])
+        weights.append(torch.stack(row))
+    return torch.stack(weights)
+
+
+def layer_channels(forward, layer, x):
+    store = {}
+    handle = layer.register_forward_hook(lambda m, i, o: store.setdefault("a", o))
+    with torch.no_grad():
+        forward(x)
+    handle.remove()
+    return store["a"].shape[1]
+
+
+def implied_weights(maps, a):
+    r"""w_k from the per-channel map w_k A_k; 0 where A_k is all zero."""
+    norms = (a * a).flatten(2).sum(2)
+    return torch.where(norms > 0, (maps * a).flatten(2).sum(2) / norms.clamp_min(1e-300), 0)
+
+
+def test_models_that_cannot_be_split_are_re_run_whole():
+    for model_class in (DataDependent, BatchSizeReadEarly):
+        torch.manual_seed(0)
+        model = randomise(model_class()).double().eval()
+        layer = model.tiny.layer4
+        x = make_images(n=2, size=16)
+        stem = counted(model.tiny.stem)
+        tail = layer_tail(model, layer, (x,), None, TARGETS, False)
+        assert isinstance(tail, ReplayedTail)
+        stem.calls = 0
+        maps = LayerAblationCam(model, layer).attribute(
+            x, target=TARGETS, attr_dim_summation=False, perturbations_per_eval=7
+        )
+        assert stem.calls == 1 + math.ceil(2 * 12 / 7)  # every chunk re-ran the whole model
+        live = tail.activations.flatten(2).abs().sum(2) > 0
+        expected = ablation_brute_force(model, layer, x, TARGETS) * live
+        weights = implied_weights(maps, tail.activations)
+        torch.testing.assert_close(weights, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_values_crossing_the_layer_are_replayed_per_example():
+    torch.manual_seed(0)
+    model = randomise(SkipAcross()).double().eval()
+    x = make_images(n=3, size=8)
+    scale = torch.tensor([2.0, -0.5, 1.5], dtype=torch.float64)
+    targets = [0, 3, 2]
+    stem = counted(model.stem)
+    tail = layer_tail(model, model.layer, (x,), (scale,), targets, False)
+    assert isinstance(tail, TracedTail)
+    a = tail.activations
+    stem.calls = 0
+    maps = LayerAblationCam(model, model.layer).attribute(
+        x,
+        target=targets,
+        additional_forward_args=(scale,),
+        attr_dim_summation=False,
+        perturbations_per_eval=7,
+    )
+    assert stem.calls == 1
+    live = a.flatten(2).abs().sum(2) > 0
+    expected = ablation_brute_force(lambda x_: model(x_, scale), model.layer, x, targets) * live
+    torch.testing.assert_close(implied_weights(maps, a), expected, rtol=1e-9, atol=1e-12)
+    # LIFT-CAM's weights add up to f(A) - f(0) through the same tail.
+    per_channel = LayerLiftCam(model, model.layer).attribute(
+        x, target=targets, additional_forward_args=(scale,), attr_dim_summation=False
+    )
+    zeroed = output_with_layer(lambda x_: model(x_, scale), model.layer, x, torch.zeros_like(a))
+    expected_total = tail.target_scores - zeroed[torch.arange(3), targets]
+    lift = implied_weights(per_channel, a)
+    torch.testing.assert_close(lift.sum(1), expected_total, rtol=1e-9, atol=1e-12)
+
+
+def test_a_changed_model_is_split_anew():
+    model, layer = make_tiny()
+    x = make_images(n=2, size=16)
+    cam = LayerAblationCam(model, layer)
+    cam.attribute(x, target=TARGETS)
+    torch.manual_seed(5)
+    model.fc = nn.Linear(12, 10).double()  # a new module after the layer
+    changed = cam.attribute(x, target=TARGETS, attr_dim_summation=False)
+    whole = LayerAblationCam(lambda x_: model(x_), layer).attribute(
+        x, target=TARGETS, attr_dim_summation=False
+    )
+    torch.testing.assert_close(changed, whole, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("cam_class", [LayerXGradCam, LayerGradCamPlusPlus])
+def test_gradient_methods_build_no_graph_before_the_layer(cam_class):
+    model, layer = make_tiny()
+    grad_mode = {}
+
+    def records(where):
+        def hook(module, inputs, output):
+            grad_mode[where] = output.requires_grad
+
+        return hook
+
+    model.stem.register_forward_hook(records("before"))
+    model.fc.register_forward_hook(records("after"))
+    calls = counted(model.stem)
+    cam_class(model, layer).attribute(make_images(n=2, size=16), target=TARGETS)
+    assert grad_mode == {"before": False, "after": True}
+    assert calls.calls == 1  # one forward pass
+    assert all(p.grad is None for p in model.parameters())
+
+
+class Spy(nn.Module):
+    r"""Records the batches the model is called with."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.batches = []
+
+    def forward(self, x):
+        self.batches.append((len(x), x.is_contiguous(memory_format=torch.channels_last)))
+        return self.model(x)
+
+
+def test_score_cam_replays_are_bounded_span_images_and_skip_constant_channels():
+    model, layer = make_tiny()
+    with torch.no_grad():  # channels 3 and 7 become all zero after the ReLU
+        layer[1].bias[[3, 7]] = -1e6
+    spy = Spy(model)
+    x = make_images(n=3, size=16)
+    a = layer_tail(model, layer, (x,), None, 0, False).activations.flatten(2)
+    constant = a.amax(2) == a.amin(2)
+    assert constant[:, [3, 7]].all()
+    LayerScoreCam(spy, layer).attribute(x, target=[1, 2, 3], perturbations_per_eval=5)
+    explained, reference, *masked = [size for size, _ in spy.batches]
+    assert (explained, reference) == (3, 3)
+    live = int((~constant).sum())
+    assert masked == [5] * (live // 5) + ([live % 5] if live % 5 else [])
+
+
+def test_score_cam_keeps_the_channels_last_memory_format():
+    model, layer = make_tiny()
+    spy = Spy(model)
+    x = make_images(n=2, size=16).contiguous(memory_format=torch.channels_last)
+    fast = LayerScoreCam(spy, layer).attribute(x, target=TARGETS, perturbations_per_eval=8)
+    assert all(channels_last for _, channels_last in spy.batches[2:])
+    plain = LayerScoreCam(model, layer).attribute(x.contiguous(), target=TARGETS)
+    torch.testing.assert_close(fast, plain, rtol=1e-9, atol=1e-12)
+
+
+class HostSyncCounter:
+    r"""Counts the Tensor methods that copy values to the host."""
+
+    METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__")
+
+    def __init__(self, monkeypatch) -> None:
+        self.count = 0
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+
+            def counting(*args, _original=original, **kwargs):
+                self.count += 1
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counting)
+
+
+@pytest.mark.parametrize("cam_class", [LayerScoreCam, LayerAblationCam])
+@pytest.mark.parametrize("target", [[1, 2], torch.tensor([1, 2]), 3])
+def test_host_synchronisations_do_not_grow_with_the_chunks(cam_class, target, monkeypatch):
+    model, layer = make_tiny()
+    x = make_images(n=2, size=16)
+    cam = cam_class(model, layer)
+    cam.attribute(x, target=target)  # any one-off work (tracing) done
+    counts = []
+    for per_eval in (1, 24):
+        syncs = HostSyncCounter(monkeypatch)
+        cam.attribute(x, target=target, perturbations_per_eval=per_eval)
+        counts.append(syncs.count)
+        monkeypatch.undo()
+    assert counts[0] == counts[1]
