@@ -49,38 +49,16 @@ from captum_xcam import (  # noqa: E402
 )
 from captum_xcam.metrics import (  # noqa: E402
     axiom_errors,
-    boxes_to_masks,
     channel_ablation_scores,
     channel_shapley_values,
-    confidence_change,
-    deletion,
-    energy_pointing_game,
     expand_to_inputs,
-    insertion,
-    pointing_game,
     rank_correlation,
     square_removal,
     weights_from_maps,
 )
+from captum_xcam.metrics.report import COLUMNS, map_metrics, markdown_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-# Column key -> (header, better direction, scale, format)
-COLUMNS: Dict[str, Tuple[str, str, float, str]] = {
-    "pointing": ("Pointing game (%)", "↑", 100, "{:.1f}"),
-    "energy": ("Energy pointing (%)", "↑", 100, "{:.1f}"),
-    "average_drop": ("Average Drop (%)", "↓", 1, "{:.1f}"),
-    "increase": ("Increase in Conf. (%)", "↑", 100, "{:.1f}"),
-    "deletion": ("Deletion AUC", "↓", 1, "{:.3f}"),
-    "insertion": ("Insertion AUC", "↑", 1, "{:.3f}"),
-    "infidelity": ("Infidelity", "↓", 1, "{:.3g}"),
-    "sensitivity_max": ("Max-sensitivity", "↓", 1, "{:.3f}"),
-    "conservation": ("Conservation error", "↓", 1, "{:.3g}"),
-    "sensitivity": ("Sensitivity error", "↓", 1, "{:.3g}"),
-    "shap_rho": ("SHAP rank corr.", "↑", 1, "{:.3f}"),
-    "ms_per_image": ("ms / image", "", 1, "{:.1f}"),
-}
-
 
 @dataclass
 class Method:
@@ -271,17 +249,12 @@ def evaluate_batch(
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         row: Dict[str, Tensor] = {"seconds": torch.tensor([elapsed], dtype=torch.float64)}
-        if task.masks is not None:
-            row["pointing"] = pointing_game(attributions, task.masks[indices],
-                                            tolerance=args.tolerance).float()
-            row["energy"] = energy_pointing_game(attributions,
-                                                 boxes_to_masks(task.boxes[indices], size))
-        change = confidence_change(model, x, attributions, t)
-        row["average_drop"], row["increase"] = change.drop, change.increase.float()
-        dele = deletion(model, x, attributions, t, step=args.step, perturbations_per_eval=256)
-        ins = insertion(model, x, attributions, t, step=args.step, perturbations_per_eval=256)
-        row["deletion"], row["insertion"] = dele.auc, ins.auc
-        row["deletion_curve"], row["insertion_curve"] = dele.curves, ins.curves
+        row.update(map_metrics(
+            model, x, attributions, t,
+            masks=None if task.masks is None else task.masks[indices],
+            boxes=None if task.boxes is None else task.boxes[indices],
+            tolerance=args.tolerance, step=args.step,
+        ))
         torch.manual_seed(seed_for(args, batch, 0, 3))  # the same squares for every method
         row["infidelity"] = infidelity(
             model, square_removal(args.square or size[-1] // 4), x,
@@ -380,8 +353,6 @@ def aggregate(batches: List[Dict[str, Dict[str, Tensor]]], methods: List[Method]
 
 
 def markdown(result: Dict[str, object], config: Dict[str, object]) -> str:
-    table = result["table"]
-    used = [k for k in COLUMNS if any(k in row for row in table.values())]
     lines = [
         "# Faithfulness benchmark",
         "",
@@ -393,13 +364,10 @@ def markdown(result: Dict[str, object], config: Dict[str, object]) -> str:
         f"{config['threads']} thread(s) each, {config['device']}; torch {config['torch']}, "
         f"captum {config['captum']}; {config['machine']}).",
         "",
-        "| Method | " + " | ".join(f"{COLUMNS[k][0]} {COLUMNS[k][1]}".strip() for k in used) + " |",
-        "|---|" + "---:|" * len(used),
+        markdown_table(result["table"]),
+        "",
+        "Settings: " + config["settings"] + ".",
     ]
-    for name, row in table.items():
-        cells = [COLUMNS[k][3].format(row[k] * COLUMNS[k][2]) if k in row else "—" for k in used]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Settings: " + config["settings"] + "."]
     if "shapley_self_rho" in result:
         lines.append(
             f"Noise ceiling of the SHAP column: two independent Shapley estimates of "
