@@ -164,54 +164,37 @@ def synthetic_task(args: argparse.Namespace) -> Task:
 
 
 def folder_task(args: argparse.Namespace) -> Task:
-    from torchvision import models
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms import functional as TF
-
-    files = sorted(p for p in Path(args.image_folder).iterdir()
-                   if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-    if not files:
-        raise SystemExit(f"No .jpg/.png/.bmp/.webp images in {args.image_folder}.")
-    files = files[: args.n_images]
-    weights = None
-    if args.weights.lower() != "none":
-        try:
-            weights = models.get_model_weights(args.model)[args.weights]
-            model = models.get_model(args.model, weights=weights)
-        except Exception as error:  # no network, no cached file, or a wrong name
-            raise SystemExit(
-                f"Could not load the pretrained weights {args.weights!r} of {args.model}: "
-                f"{type(error).__name__}: {error}\nThey are downloaded on first use; "
-                "offline, put the file in the torch hub cache "
-                f"({torch.hub.get_dir()}/checkpoints) or pass --weights none "
-                "(random weights: the explanations are then meaningless)."
-            ) from None
-    else:
-        model = models.get_model(args.model, weights=None)
-    model = model.to(args.device).eval()
-    layer = model.get_submodule(args.layer) if args.layer else default_layer(model, args.model)
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    images = []
-    for path in files:
-        image = decode_image(str(path), mode=ImageReadMode.RGB)
-        image = TF.center_crop(TF.resize(image, 256, antialias=True), 224)
-        images.append(TF.normalize(image.float() / 255, mean, std))
-    images = torch.stack(images).to(args.device)
-    with torch.no_grad():
-        targets = torch.cat([model(x).argmax(1) for x in images.split(16)])
-    return Task(
-        images, targets, model, layer,
-        f"{len(files)} images from {args.image_folder}, 224x224; torchvision {args.model} "
-        f"(weights {args.weights}), CAM layer {args.layer or 'default'}; target: the "
-        "predicted class; no ground truth, so no localisation columns",
+    from captum_xcam.data import find_images, read_image
+    from captum_xcam.models import (
+        Preprocessing,
+        WeightsUnavailableError,
+        default_cam_layer,
+        get_weights,
+        load_model,
     )
 
-
-def default_layer(model: nn.Module, name: str) -> nn.Module:
-    for attribute in ("layer4", "features", "trunk_output"):
-        if hasattr(model, attribute):
-            return getattr(model, attribute)
-    raise SystemExit(f"No default CAM layer known for {name}: pass --layer (a dotted name).")
+    try:
+        files = find_images([args.image_folder])[: args.n_images]
+        weights = None if args.weights.lower() == "none" else get_weights(args.model, args.weights)
+        preprocessing = Preprocessing.for_weights(weights)
+        images = torch.stack([preprocessing.normalize(preprocessing.crop(read_image(path)))
+                              for path in files]).to(args.device)
+        model = load_model(args.model, weights).to(args.device)
+        layer = model.get_submodule(args.layer or default_cam_layer(args.model))
+    except WeightsUnavailableError as error:
+        raise SystemExit(f"{error}\nOr pass --weights none: random weights, meaningless "
+                         "explanations.") from None
+    except (ValueError, FileNotFoundError, AttributeError) as error:  # names, files
+        raise SystemExit(str(error)) from None
+    with torch.no_grad():
+        targets = torch.cat([model(x).argmax(1) for x in images.split(16)])
+    side = preprocessing.crop_size
+    return Task(
+        images, targets, model, layer,
+        f"{len(files)} images from {args.image_folder}, {side}x{side}; torchvision "
+        f"{args.model} (weights {args.weights}), CAM layer {args.layer or 'default'}; "
+        "target: the predicted class; no ground truth, so no localisation columns",
+    )
 
 
 def seed_for(args: argparse.Namespace, batch: int, method: int, purpose: int) -> int:
