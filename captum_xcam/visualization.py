@@ -106,7 +106,7 @@ def visualize_attributions(
 
     columns = 1 + len(maps)
     extra = 0.35 if show_colorbar else 0.0
-    fig = Figure(figsize=(panel_size * columns, (panel_size + 0.3 + extra) * n))
+    fig = Figure(figsize=(panel_size * columns, (panel_size + 0.5 + extra) * n))
     axes = fig.subplots(n, columns, squeeze=False)
     for row in range(n):
         _draw_image(axes[row, 0], fig, shown[row], image_titles[row] if image_titles else None,
