@@ -213,7 +213,7 @@ def _load_into(model: nn.Module, model_name: str, state: Dict[str, Tensor]) -> N
         model.load_state_dict(state)
     except RuntimeError as error:
         details = "; ".join(line.strip() for line in str(error).splitlines()[1:3])
-        hint = (" (trained with another number of classes? give it)"
+        hint = (" (trained for another number of classes? pass num_classes)"
                 if "size mismatch" in str(error) else "")
         raise ValueError(
             f"The checkpoint is not a state dict of {model_name}{hint}: {details[:300]}"
