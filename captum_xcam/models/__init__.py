@@ -9,6 +9,7 @@ from captum_xcam.models.torchvision_models import (
     get_weights,
     load_model,
     load_state_dict_file,
+    weights_file,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "load_model",
     "load_pretrained",
     "load_state_dict_file",
+    "weights_file",
 ]

@@ -51,11 +51,18 @@ class WeightsUnavailableError(RuntimeError):
 
     def __init__(self, weights: WeightsEnum, cause: BaseException) -> None:
         self.weights = weights
-        self.file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        self.file = weights_file(weights)
         super().__init__(
             f"Cannot download the weights {weights} ({type(cause).__name__}: {cause}); put "
             f"the file {weights.url} at {self.file} or load a state dict from a file."
         )
+
+
+def weights_file(weights: WeightsEnum) -> Path:
+    r"""Where torch keeps ``weights`` once downloaded: the torch hub cache's
+    ``checkpoints`` folder (``$TORCH_HOME/hub/checkpoints``) and the file name of
+    their URL. Torchvision loads them from there without the network."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
 def classification_models() -> List[str]:
