@@ -113,13 +113,25 @@ def visualize_attributions(
                     show_colorbar)
         for col, (name, map_) in enumerate(maps.items(), start=1):
             title = name if labels is None else f"{name}\n{labels[row]}"
-            if name in guided:
-                _draw_guided(axes[row, col], fig, map_[row], title, show_colorbar,
-                             outlier_perc)
+            ax = axes[row, col]
+            column_sign = "absolute_value" if name in guided else _sign_of(map_, sign)
+            if not _has_values(map_[row], column_sign):  # Captum cannot normalise it
+                _draw_image(ax, fig, shown[row], f"{title}\n(zero map)", show_colorbar)
+            elif name in guided:  # detail that a blend would drown: a plain grey heat map
+                viz.visualize_image_attr(
+                    map_[row], method="heat_map", sign=column_sign, plt_fig_axis=(fig, ax),
+                    outlier_perc=outlier_perc, cmap="gray", show_colorbar=show_colorbar,
+                    title=title, use_pyplot=False,
+                )
             else:
-                _draw_blended(axes[row, col], fig, map_[row], shown[row], title,
-                              _sign_of(map_, sign), cmap, alpha_overlay, outlier_perc,
-                              show_colorbar)
+                viz.visualize_image_attr(
+                    map_[row], shown[row], method="blended_heat_map", sign=column_sign,
+                    plt_fig_axis=(fig, ax), outlier_perc=outlier_perc,
+                    cmap=cmap or ("jet" if column_sign == "positive" else None),
+                    alpha_overlay=alpha_overlay, show_colorbar=show_colorbar, title=title,
+                    use_pyplot=False,
+                )
+            ax.title.set_fontsize(8)
     fig.tight_layout()
     return fig
 
@@ -165,7 +177,7 @@ def _target_labels(
     class_names: Optional[Sequence[str]],
     n: int,
 ) -> Optional[list]:
-    r"""The second title line of each row: "name (score)", or None for none."""
+    r"""The second title line of each row, "name: score", or None for none."""
     if targets is None and scores is None:
         return None
     targets_list = _per_image(targets, n, "targets")
@@ -206,35 +218,6 @@ def _draw_image(ax: Axes, fig: Figure, image: np.ndarray, title: Optional[str],
     )
     if title:
         ax.title.set_fontsize(8)
-
-
-def _draw_blended(ax: Axes, fig: Figure, map_: np.ndarray, image: np.ndarray, title: str,
-                  sign: str, cmap: Optional[str], alpha: float, outlier_perc: float,
-                  show_colorbar: bool) -> None:
-    if cmap is None and sign == "positive":
-        cmap = "jet"
-    if not _has_values(map_, sign):  # Captum cannot normalise an all-zero map
-        _draw_image(ax, fig, image, f"{title}\n(zero map)", show_colorbar)
-        return
-    viz.visualize_image_attr(
-        map_, image, method="blended_heat_map", sign=sign, plt_fig_axis=(fig, ax),
-        outlier_perc=outlier_perc, cmap=cmap, alpha_overlay=alpha,
-        show_colorbar=show_colorbar, title=title, use_pyplot=False,
-    )
-    ax.title.set_fontsize(8)
-
-
-def _draw_guided(ax: Axes, fig: Figure, map_: np.ndarray, title: str, show_colorbar: bool,
-                 outlier_perc: float) -> None:
-    if not _has_values(map_, "absolute_value"):
-        map_ = np.ones_like(map_)
-        title = f"{title}\n(zero map)"
-    viz.visualize_image_attr(
-        map_, method="heat_map", sign="absolute_value", plt_fig_axis=(fig, ax),
-        outlier_perc=outlier_perc, cmap="gray", show_colorbar=show_colorbar, title=title,
-        use_pyplot=False,
-    )
-    ax.title.set_fontsize(8)
 
 
 def _sign_of(maps: np.ndarray, sign: str) -> str:

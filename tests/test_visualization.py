@@ -72,8 +72,9 @@ def test_the_image_panel_shows_the_image():
 
 def test_an_all_zero_map_is_drawn_without_error():
     images, _ = images_and_maps(n=1)
-    fig = visualize_attributions(images, torch.zeros(1, 1, 4, 4))
-    assert "(zero map)" in fig.axes[1].get_title()
+    fig = visualize_attributions(images, torch.zeros(1, 1, 4, 4),
+                                 guided={"Guided": torch.zeros(1, 3, 32, 32)})
+    assert "(zero map)" in fig.axes[1].get_title() and "(zero map)" in fig.axes[2].get_title()
 
 
 def test_colour_bars():
