@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from captum_xcam.cli.errors import CliError
-from captum_xcam.cli.methods import METHODS, explain, parse_methods
+from captum_xcam.cli.methods import METHODS, attribute, parse_methods
 from captum_xcam.cli.output import staged_output, write_csv, write_json
 from captum_xcam.data import make_synthetic
 from captum_xcam.metrics.report import map_metrics, markdown_table, mean_rows
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
     shown: Dict[str, torch.Tensor] = {}
     per_image: Dict[str, Dict[str, torch.Tensor]] = {}
     for method in tqdm(methods, desc="Methods", disable=args.quiet):
-        maps, seconds = explain(method, model, model.cam_layer, data.images, data.labels)
+        maps, seconds = attribute(method, model, model.cam_layer, data.images, data.labels)
         per_image[method.name] = map_metrics(
             model, data.images, maps, data.labels, masks=data.masks, boxes=data.boxes,
             tolerance=POINTING_TOLERANCE, step=PIXELS_PER_STEP,

@@ -16,7 +16,7 @@ from torchvision.models import WeightsEnum
 from tqdm.auto import tqdm
 
 from captum_xcam.cli.errors import CliError
-from captum_xcam.cli.methods import METHODS, CamMethod, explain, parse_methods
+from captum_xcam.cli.methods import METHODS, CamMethod, attribute, parse_methods
 from captum_xcam.cli.output import staged_output, unique_stems, write_csv, write_json
 from captum_xcam.data import find_images, read_image
 from captum_xcam.models import (
@@ -146,11 +146,11 @@ def explain_image(job: Job, path: Path, crop: Tensor, figure_path: Path,
     guided: Dict[str, Tensor] = {}
     seconds: Dict[str, float] = {}
     for method in job.methods:
-        maps[method.name], seconds[method.name] = explain(
+        maps[method.name], seconds[method.name] = attribute(
             method, job.model, job.layer, inputs, target, show_progress=not args.quiet)
         if args.guided:
             name = f"Guided {method.name}"
-            guided[name], seconds[name] = explain(
+            guided[name], seconds[name] = attribute(
                 method, job.model, job.layer, inputs, target, guided=True,
                 show_progress=not args.quiet)
     figure = visualize_attributions(
@@ -167,8 +167,8 @@ def explain_image(job: Job, path: Path, crop: Tensor, figure_path: Path,
         "score": round(float(probabilities[target]), 6),
         "predicted": predicted,
         "predicted_name": _name(job.categories, predicted),
-        "seconds": round(time, 4),
-    } for name, time in seconds.items()]
+        "seconds": round(elapsed, 4),
+    } for name, elapsed in seconds.items()]
 
 
 def resolve_target(text: str, categories: Optional[Sequence[str]],
@@ -196,10 +196,11 @@ def _target_by_name(name: str, categories: Optional[Sequence[str]], num_outputs:
     if name.lower() in lowered:
         return lowered.index(name.lower())
     close = difflib.get_close_matches(name.lower(), lowered, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(categories[lowered.index(c)]) for c in close)}?"
-    raise CliError(f"Unknown target class {name!r}" + (hint if close else
-                   " among the weights' class names; give an index or a name such as "
-                   f"{categories[0]!r}."))
+    if close:
+        suggestions = " or ".join(repr(categories[lowered.index(c)]) for c in close)
+        raise CliError(f"Unknown target class {name!r}; did you mean {suggestions}?")
+    raise CliError(f"Unknown target class {name!r} among the weights' {len(categories)} "
+                   f"class names; give an index or a name such as {categories[0]!r}.")
 
 
 def _device(name: str) -> torch.device:

@@ -53,7 +53,7 @@ def parse_methods(text: str) -> List[CamMethod]:
     return [METHODS[key] for key in dict.fromkeys(keys)]
 
 
-def explain(
+def attribute(
     method: CamMethod,
     model: nn.Module,
     layer: nn.Module,
