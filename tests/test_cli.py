@@ -323,7 +323,7 @@ def test_help_and_no_command(capsys):
 
 
 def test_console_script_is_declared_for_main():
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, name = scripts["captum-xcam"].partition(":")
