@@ -49,38 +49,16 @@ from captum_xcam import (  # noqa: E402
 )
 from captum_xcam.metrics import (  # noqa: E402
     axiom_errors,
-    boxes_to_masks,
     channel_ablation_scores,
     channel_shapley_values,
-    confidence_change,
-    deletion,
-    energy_pointing_game,
     expand_to_inputs,
-    insertion,
-    pointing_game,
     rank_correlation,
     square_removal,
     weights_from_maps,
 )
+from captum_xcam.metrics.report import COLUMNS, map_metrics, markdown_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-# Column key -> (header, better direction, scale, format)
-COLUMNS: Dict[str, Tuple[str, str, float, str]] = {
-    "pointing": ("Pointing game (%)", "↑", 100, "{:.1f}"),
-    "energy": ("Energy pointing (%)", "↑", 100, "{:.1f}"),
-    "average_drop": ("Average Drop (%)", "↓", 1, "{:.1f}"),
-    "increase": ("Increase in Conf. (%)", "↑", 100, "{:.1f}"),
-    "deletion": ("Deletion AUC", "↓", 1, "{:.3f}"),
-    "insertion": ("Insertion AUC", "↑", 1, "{:.3f}"),
-    "infidelity": ("Infidelity", "↓", 1, "{:.3g}"),
-    "sensitivity_max": ("Max-sensitivity", "↓", 1, "{:.3f}"),
-    "conservation": ("Conservation error", "↓", 1, "{:.3g}"),
-    "sensitivity": ("Sensitivity error", "↓", 1, "{:.3g}"),
-    "shap_rho": ("SHAP rank corr.", "↑", 1, "{:.3f}"),
-    "ms_per_image": ("ms / image", "", 1, "{:.1f}"),
-}
-
 
 @dataclass
 class Method:
@@ -186,54 +164,37 @@ def synthetic_task(args: argparse.Namespace) -> Task:
 
 
 def folder_task(args: argparse.Namespace) -> Task:
-    from torchvision import models
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms import functional as TF
-
-    files = sorted(p for p in Path(args.image_folder).iterdir()
-                   if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-    if not files:
-        raise SystemExit(f"No .jpg/.png/.bmp/.webp images in {args.image_folder}.")
-    files = files[: args.n_images]
-    weights = None
-    if args.weights.lower() != "none":
-        try:
-            weights = models.get_model_weights(args.model)[args.weights]
-            model = models.get_model(args.model, weights=weights)
-        except Exception as error:  # no network, no cached file, or a wrong name
-            raise SystemExit(
-                f"Could not load the pretrained weights {args.weights!r} of {args.model}: "
-                f"{type(error).__name__}: {error}\nThey are downloaded on first use; "
-                "offline, put the file in the torch hub cache "
-                f"({torch.hub.get_dir()}/checkpoints) or pass --weights none "
-                "(random weights: the explanations are then meaningless)."
-            ) from None
-    else:
-        model = models.get_model(args.model, weights=None)
-    model = model.to(args.device).eval()
-    layer = model.get_submodule(args.layer) if args.layer else default_layer(model, args.model)
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    images = []
-    for path in files:
-        image = decode_image(str(path), mode=ImageReadMode.RGB)
-        image = TF.center_crop(TF.resize(image, 256, antialias=True), 224)
-        images.append(TF.normalize(image.float() / 255, mean, std))
-    images = torch.stack(images).to(args.device)
-    with torch.no_grad():
-        targets = torch.cat([model(x).argmax(1) for x in images.split(16)])
-    return Task(
-        images, targets, model, layer,
-        f"{len(files)} images from {args.image_folder}, 224x224; torchvision {args.model} "
-        f"(weights {args.weights}), CAM layer {args.layer or 'default'}; target: the "
-        "predicted class; no ground truth, so no localisation columns",
+    from captum_xcam.data import find_images, read_image
+    from captum_xcam.models import (
+        Preprocessing,
+        WeightsUnavailableError,
+        default_cam_layer,
+        get_weights,
+        load_model,
     )
 
-
-def default_layer(model: nn.Module, name: str) -> nn.Module:
-    for attribute in ("layer4", "features", "trunk_output"):
-        if hasattr(model, attribute):
-            return getattr(model, attribute)
-    raise SystemExit(f"No default CAM layer known for {name}: pass --layer (a dotted name).")
+    try:
+        files = find_images([args.image_folder])[: args.n_images]
+        weights = None if args.weights.lower() == "none" else get_weights(args.model, args.weights)
+        preprocessing = Preprocessing.for_weights(weights)
+        images = torch.stack([preprocessing.normalize(preprocessing.crop(read_image(path)))
+                              for path in files]).to(args.device)
+        model = load_model(args.model, weights).to(args.device)
+        layer = model.get_submodule(args.layer or default_cam_layer(args.model))
+    except WeightsUnavailableError as error:
+        raise SystemExit(f"{error}\nOr pass --weights none: random weights, meaningless "
+                         "explanations.") from None
+    except (ValueError, FileNotFoundError, AttributeError) as error:  # names, files
+        raise SystemExit(str(error)) from None
+    with torch.no_grad():
+        targets = torch.cat([model(x).argmax(1) for x in images.split(16)])
+    side = preprocessing.crop_size
+    return Task(
+        images, targets, model, layer,
+        f"{len(files)} images from {args.image_folder}, {side}x{side}; torchvision "
+        f"{args.model} (weights {args.weights}), CAM layer {args.layer or 'default'}; "
+        "target: the predicted class; no ground truth, so no localisation columns",
+    )
 
 
 def seed_for(args: argparse.Namespace, batch: int, method: int, purpose: int) -> int:
@@ -271,17 +232,12 @@ def evaluate_batch(
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         row: Dict[str, Tensor] = {"seconds": torch.tensor([elapsed], dtype=torch.float64)}
-        if task.masks is not None:
-            row["pointing"] = pointing_game(attributions, task.masks[indices],
-                                            tolerance=args.tolerance).float()
-            row["energy"] = energy_pointing_game(attributions,
-                                                 boxes_to_masks(task.boxes[indices], size))
-        change = confidence_change(model, x, attributions, t)
-        row["average_drop"], row["increase"] = change.drop, change.increase.float()
-        dele = deletion(model, x, attributions, t, step=args.step, perturbations_per_eval=256)
-        ins = insertion(model, x, attributions, t, step=args.step, perturbations_per_eval=256)
-        row["deletion"], row["insertion"] = dele.auc, ins.auc
-        row["deletion_curve"], row["insertion_curve"] = dele.curves, ins.curves
+        row.update(map_metrics(
+            model, x, attributions, t,
+            masks=None if task.masks is None else task.masks[indices],
+            boxes=None if task.boxes is None else task.boxes[indices],
+            tolerance=args.tolerance, step=args.step,
+        ))
         torch.manual_seed(seed_for(args, batch, 0, 3))  # the same squares for every method
         row["infidelity"] = infidelity(
             model, square_removal(args.square or size[-1] // 4), x,
@@ -380,8 +336,6 @@ def aggregate(batches: List[Dict[str, Dict[str, Tensor]]], methods: List[Method]
 
 
 def markdown(result: Dict[str, object], config: Dict[str, object]) -> str:
-    table = result["table"]
-    used = [k for k in COLUMNS if any(k in row for row in table.values())]
     lines = [
         "# Faithfulness benchmark",
         "",
@@ -393,13 +347,10 @@ def markdown(result: Dict[str, object], config: Dict[str, object]) -> str:
         f"{config['threads']} thread(s) each, {config['device']}; torch {config['torch']}, "
         f"captum {config['captum']}; {config['machine']}).",
         "",
-        "| Method | " + " | ".join(f"{COLUMNS[k][0]} {COLUMNS[k][1]}".strip() for k in used) + " |",
-        "|---|" + "---:|" * len(used),
+        markdown_table(result["table"]),
+        "",
+        "Settings: " + config["settings"] + ".",
     ]
-    for name, row in table.items():
-        cells = [COLUMNS[k][3].format(row[k] * COLUMNS[k][2]) if k in row else "—" for k in used]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Settings: " + config["settings"] + "."]
     if "shapley_self_rho" in result:
         lines.append(
             f"Noise ceiling of the SHAP column: two independent Shapley estimates of "

@@ -120,6 +120,9 @@ def test_channel_weights_recover_grad_cam_weights():
     expected = (head.weight[1] / 20).detach().expand(2, 3).clone()
     expected[1, 2] = 0
     torch.testing.assert_close(weights, expected)
+    # A measurement, detached (Captum's LayerGradCam returns maps that require grad),
+    # so that it plots and converts to numpy.
+    assert not weights.requires_grad
 
 
 def brute_force_spearman(a, b):

@@ -1,4 +1,12 @@
-"""Data sets generated in code, for tests, benchmarks and tutorials."""
+"""Data sets generated in code, for tests, benchmarks and tutorials, and image files."""
+from captum_xcam.data.images import IMAGE_SUFFIXES, find_images, read_image
 from captum_xcam.data.synthetic import CLASS_NAMES, SyntheticSet, make_synthetic
 
-__all__ = ["CLASS_NAMES", "SyntheticSet", "make_synthetic"]
+__all__ = [
+    "CLASS_NAMES",
+    "IMAGE_SUFFIXES",
+    "SyntheticSet",
+    "find_images",
+    "make_synthetic",
+    "read_image",
+]

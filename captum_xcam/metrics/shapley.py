@@ -190,7 +190,7 @@ def channel_weights(
         additional_forward_args=_format_additional_forward_args(additional_forward_args),
         attribute_to_layer_input=attribute_to_layer_input,
     )
-    return weights_from_maps(per_channel, activations)
+    return weights_from_maps(per_channel.detach(), activations.detach())
 
 
 def weights_from_maps(per_channel_maps: Tensor, activations: Tensor) -> Tensor:

@@ -1,0 +1,282 @@
+r"""``captum-xcam explain``: CAMs of a torchvision classification model for image
+files, one figure per image and a table of targets, scores and timings.
+
+Every input is checked before any work starts (files, images, model, weights,
+layer, target), and the results are written all at once at the end."""
+import argparse
+import difflib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import WeightsEnum
+from tqdm.auto import tqdm
+
+from captum_xcam.cli.errors import CliError
+from captum_xcam.cli.methods import METHODS, CamMethod, attribute, parse_methods
+from captum_xcam.cli.output import staged_output, unique_stems, write_csv, write_json
+from captum_xcam.data import find_images, read_image
+from captum_xcam.models import (
+    Preprocessing,
+    WeightsUnavailableError,
+    check_model_name,
+    default_cam_layer,
+    get_weights,
+    load_model,
+)
+from captum_xcam.visualization import visualize_attributions
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "explain", help="CAMs of a torchvision model for image files",
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+    )
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER",
+                        help="image files, or folders of them")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--model", default="resnet50",
+                        help="torchvision classification model (default: resnet50)")
+    parser.add_argument("--weights", default=None,
+                        help="torchvision weights: DEFAULT (downloaded on first use), a name "
+                             "such as IMAGENET1K_V1, or none (random). Default: DEFAULT, or "
+                             "none with --checkpoint (with it, the weights only give the "
+                             "preprocessing and class names)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="a state dict saved with torch.save(model.state_dict()), "
+                             "loaded with weights_only=True")
+    parser.add_argument("--num-classes", type=int,
+                        help="outputs of the model (default: the weights', else 1000)")
+    parser.add_argument("--layer", help="dotted name of the CAM layer (default: the "
+                                        "architecture's last block, e.g. layer4)")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated, from {','.join(METHODS)} (default: all)")
+    parser.add_argument("--target", default="auto",
+                        help="auto (the predicted class), a class index, or a class name "
+                             "of the weights (default: auto)")
+    parser.add_argument("--guided", action="store_true",
+                        help="add the guided variant of every method")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--image-size", type=int,
+                        help="side of the center crop (default: the weights', else 224)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run)
+
+
+@dataclass
+class Job:
+    r"""Everything a run needs, checked."""
+
+    files: List[Path]
+    crops: List[Tensor]
+    model: nn.Module
+    layer: nn.Module
+    layer_name: str
+    preprocessing: Preprocessing
+    categories: Optional[Sequence[str]]
+    target: Optional[int]
+    methods: List[CamMethod]
+    device: torch.device
+    weights: Optional[WeightsEnum]
+
+
+def run(args: argparse.Namespace) -> None:
+    job = prepare(args)
+    per_image: List[List[Dict[str, object]]] = []
+    with staged_output(args.out) as staging:
+        images = list(zip(job.files, unique_stems(job.files), job.crops))
+        for path, stem, crop in tqdm(images, desc="Images", unit="image", disable=args.quiet):
+            per_image.append(explain_image(job, path, crop, staging / f"{stem}.png", args))
+        rows = [row for image_rows in per_image for row in image_rows]
+        write_csv(staging / "explanations.csv", rows)
+        write_json(staging / "explanations.json", {"config": config(args, job),
+                                                   "explanations": rows})
+    for first, *_ in per_image:
+        name = f" ({first['target_name']})" if first["target_name"] else ""
+        print(f"{first['image']}: target {first['target']}{name}, probability "
+              f"{first['score']:.3f}, figure {first['figure']}")
+    print(f"Wrote {len(per_image)} figures and explanations.csv, .json to {args.out}")
+
+
+def prepare(args: argparse.Namespace) -> Job:
+    r"""Checks every input, cheapest first, and loads the images and model."""
+    methods = parse_methods(args.methods)
+    device = _device(args.device)
+    if args.image_size is not None and args.image_size < 16:
+        raise CliError(f"--image-size must be at least 16, got {args.image_size}.")
+    try:
+        check_model_name(args.model)
+        weights = _weights(args)
+        layer_name = args.layer or default_cam_layer(args.model)
+        files = find_images(args.images)
+        preprocessing = Preprocessing.for_weights(weights, args.image_size)
+        crops = [preprocessing.crop(read_image(path)) for path in files]
+        model = load_model(args.model, weights, args.checkpoint, args.num_classes)
+    except WeightsUnavailableError as error:
+        raise CliError(_offline_message(error, args.model)) from None
+    except (ValueError, FileNotFoundError) as error:
+        raise CliError(str(error)) from None
+    if weights is None and args.checkpoint is None:
+        print(f"captum-xcam: warning: {args.model} has random weights (--weights none): "
+              "its explanations are meaningless.", file=sys.stderr)
+    model = model.to(device)
+    layer = _layer(model, layer_name, args.model)
+    first = preprocessing.normalize(crops[0]).unsqueeze(0).to(device)
+    num_outputs = _check_shapes(model, layer, layer_name, first, args.model)
+    categories = None
+    if weights is not None and len(weights.meta["categories"]) == num_outputs:
+        categories = weights.meta["categories"]
+    target = resolve_target(args.target, categories, num_outputs)
+    return Job(files, crops, model, layer, layer_name, preprocessing, categories, target,
+               methods, device, weights)
+
+
+def explain_image(job: Job, path: Path, crop: Tensor, figure_path: Path,
+                  args: argparse.Namespace) -> List[Dict[str, object]]:
+    r"""Every method's map of one image, its figure, and its table rows."""
+    inputs = job.preprocessing.normalize(crop).unsqueeze(0).to(job.device)
+    with torch.no_grad():
+        probabilities = job.model(inputs).softmax(1)[0].cpu()
+    predicted = int(probabilities.argmax())
+    target = predicted if job.target is None else job.target
+    maps: Dict[str, Tensor] = {}
+    guided: Dict[str, Tensor] = {}
+    seconds: Dict[str, float] = {}
+    for method in job.methods:
+        maps[method.name], seconds[method.name] = attribute(
+            method, job.model, job.layer, inputs, target, show_progress=not args.quiet)
+        if args.guided:
+            name = f"Guided {method.name}"
+            guided[name], seconds[name] = attribute(
+                method, job.model, job.layer, inputs, target, guided=True,
+                show_progress=not args.quiet)
+    figure = visualize_attributions(
+        crop.unsqueeze(0), maps, targets=[target], scores=[probabilities[target]],
+        class_names=job.categories, guided=guided, image_titles=[path.name],
+    )
+    figure.savefig(figure_path, dpi=100)
+    return [{
+        "image": str(path),
+        "figure": figure_path.name,
+        "method": name,
+        "target": target,
+        "target_name": _name(job.categories, target),
+        "score": round(float(probabilities[target]), 6),
+        "predicted": predicted,
+        "predicted_name": _name(job.categories, predicted),
+        "seconds": round(elapsed, 4),
+    } for name, elapsed in seconds.items()]
+
+
+def resolve_target(text: str, categories: Optional[Sequence[str]],
+                   num_outputs: int) -> Optional[int]:
+    r"""``--target``: None for "auto" (each image's predicted class), else the
+    index of an output, given as a number or a class name."""
+    text = text.strip()
+    if text.lower() == "auto":
+        return None
+    try:
+        index = int(text)
+    except ValueError:
+        return _target_by_name(text, categories, num_outputs)
+    if not 0 <= index < num_outputs:
+        raise CliError(f"Target {index} is out of range: the model has {num_outputs} "
+                       f"outputs (0 to {num_outputs - 1}).")
+    return index
+
+
+def _target_by_name(name: str, categories: Optional[Sequence[str]], num_outputs: int) -> int:
+    if categories is None:
+        raise CliError(f"Target {name!r} is a class name, but class names come only with "
+                       f"--weights; give an index from 0 to {num_outputs - 1}.")
+    lowered = [category.lower() for category in categories]
+    if name.lower() in lowered:
+        return lowered.index(name.lower())
+    close = difflib.get_close_matches(name.lower(), lowered, n=3, cutoff=0.6)
+    if close:
+        suggestions = " or ".join(repr(categories[lowered.index(c)]) for c in close)
+        raise CliError(f"Unknown target class {name!r}; did you mean {suggestions}?")
+    raise CliError(f"Unknown target class {name!r} among the weights' {len(categories)} "
+                   f"class names; give an index or a name such as {categories[0]!r}.")
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CliError(f"Unknown device {name!r}; use cpu or cuda.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: CUDA is not available on this machine; use cpu.")
+    return device
+
+
+def _weights(args: argparse.Namespace) -> Optional[WeightsEnum]:
+    name = args.weights or ("none" if args.checkpoint else "DEFAULT")
+    return None if name.lower() == "none" else get_weights(args.model, name)
+
+
+def _offline_message(error: WeightsUnavailableError, model_name: str) -> str:
+    return (
+        f"Cannot download the weights {error.weights} of {model_name} (no network?). "
+        f"Copy {error.weights.url} to {error.file} (the torch hub cache; TORCH_HOME moves "
+        f"it), or pass --checkpoint FILE --weights {error.weights.name} to load a copy, "
+        "or --weights none for random weights."
+    )
+
+
+def _layer(model: nn.Module, name: str, model_name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        children = ", ".join(child for child, _ in model.named_children())
+        raise CliError(f"{model_name} has no layer {name!r}; its top-level layers are "
+                       f"{children} (dotted names reach nested ones).") from None
+
+
+def _check_shapes(model: nn.Module, layer: nn.Module, layer_name: str, inputs: Tensor,
+                  model_name: str) -> int:
+    r"""The number of outputs, after checking that the layer gives one
+    (N, C, h, w) feature map and the model (N, classes) scores."""
+    seen: List[object] = []
+    handle = layer.register_forward_hook(lambda module, args, output: seen.append(output))
+    try:
+        with torch.no_grad():
+            output = model(inputs)
+    finally:
+        handle.remove()
+    if len(seen) != 1 or not isinstance(seen[0], Tensor) or seen[0].dim() != 4:
+        what = (f"is called {len(seen)} times" if len(seen) != 1 else
+                f"outputs {_describe(seen[0])}")
+        raise CliError(f"The layer {layer_name!r} of {model_name} {what}; CAMs need a layer "
+                       "called once with a (N, C, h, w) feature map, such as the last "
+                       "convolutional block.")
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        raise CliError(f"{model_name} outputs {_describe(output)}, not (N, classes) scores.")
+    return output.shape[1]
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _name(categories: Optional[Sequence[str]], index: int) -> str:
+    return categories[index] if categories is not None else ""
+
+
+def config(args: argparse.Namespace, job: Job) -> Dict[str, object]:
+    return {
+        "model": args.model,
+        "weights": str(job.weights) if job.weights is not None else None,
+        "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        "layer": job.layer_name,
+        "methods": [method.key for method in job.methods],
+        "guided": args.guided,
+        "target": args.target,
+        "image_size": job.preprocessing.crop_size,
+        "device": str(job.device),
+    }

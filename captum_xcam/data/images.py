@@ -1,0 +1,57 @@
+r"""Image files: finding them in folders and reading them as tensors."""
+from pathlib import Path
+from typing import Iterable, List, Union
+
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torchvision.transforms.functional import pil_to_tensor
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def find_images(paths: Iterable[Union[str, Path]]) -> List[Path]:
+    r"""
+    The image files named by ``paths``: a file as it is, a folder as its
+    files with an image suffix (:data:`IMAGE_SUFFIXES`, any case), sorted,
+    not recursively. A file named twice is listed once.
+
+    Raises:
+        FileNotFoundError: for a path that does not exist.
+        ValueError: for a folder without images, or no paths at all.
+    """
+    found: List[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir()
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in the folder "
+                                 f"{path}.")
+            found.extend(images)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"No such file or folder: {path}")
+    if not found:
+        raise ValueError("No images given.")
+    seen, unique = set(), []
+    for path in found:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    return unique
+
+
+def read_image(path: Union[str, Path]) -> Tensor:
+    r"""
+    An image file as a uint8 RGB tensor (3, H, W), read with Pillow (any
+    format it knows; greyscale, palette and alpha images are converted).
+
+    Raises:
+        ValueError: for a file that is not a readable image.
+    """
+    try:
+        with Image.open(path) as image:
+            return pil_to_tensor(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"Cannot read {path} as an image: {error}") from None
