@@ -44,14 +44,18 @@ class LayerTail:
     def scores(self, layer_value: Tensor, rows: Tensor) -> Tensor:
         r"""
         Args:
-            layer_value (Tensor): M replacement layer tensors, one per row.
+            layer_value (Tensor): M replacement layer tensors, one per row,
+                        handed over: the model may change it in place.
             rows (Tensor): The explained example each replacement belongs to
                         (M,), repeats allowed.
         Returns:
             The target score of each row (M,), without autograd.
         """
         with torch.no_grad():
-            return self.selector(self.module()(layer_value, rows), rows)
+            return self.selector(self._outputs(layer_value, rows), rows)
+
+    def _outputs(self, layer_value: Tensor, rows: Tensor) -> Tensor:
+        return self.module()(layer_value, rows)
 
     def module(self) -> Module:
         r"""The tail as a module, ``forward(layer_value, rows=None)`` giving the
@@ -79,6 +83,9 @@ class TracedTail(LayerTail):
 
     def module(self) -> Module:
         return self._module
+
+    def _outputs(self, layer_value: Tensor, rows: Tensor) -> Tensor:
+        return self._module.outputs(layer_value, rows)
 
 
 class ReplayedTail(LayerTail):
@@ -194,15 +201,17 @@ class _TracedTailModule(Module):
         super().__init__()
         self.tail = split.tail
         self.crossing = crossing
-        self.is_argument = split.is_argument
         self.n = n
 
     def forward(self, layer_value: Tensor, rows: Optional[Tensor] = None) -> Tensor:
-        rows = _cyclic_rows(layer_value, rows, self.n)
-        crossing = rows_of(self.crossing, rows) or ()
         # A clone: an in-place operation after the layer must not alter the
         # caller's tensor (nor fail on it when it requires grad).
-        return self.tail(layer_value.clone(), *crossing)
+        return self.outputs(layer_value.clone(), rows)
+
+    def outputs(self, layer_value: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        r"""The output for a ``layer_value`` that the tail may change in place."""
+        rows = _cyclic_rows(layer_value, rows, self.n)
+        return self.tail(layer_value, *(rows_of(self.crossing, rows) or ()))
 
 
 class LayerSubstitutedModel(Module):
