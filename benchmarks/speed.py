@@ -181,9 +181,11 @@ def methods(available: Dict[str, bool]) -> List[Method]:
         Method("Grad-CAM++", TORCHCAM, torchcam_method("GradCAMpp"), same_formula=False),
         Method("Grad-CAM++", PGC, pgc_method("GradCAMPlusPlus"), processed=True),
         Method("LIFT-CAM", OURS, ours(LayerLiftCam)),
-        Method("Ablation-CAM", OURS, ours(LayerAblationCam)),
+        # perturbations_per_eval as pytorch-grad-cam's AblationCAM batch_size.
+        Method("Ablation-CAM", OURS, ours(LayerAblationCam, perturbations_per_eval=32)),
         Method("Ablation-CAM", PGC, pgc_method("AblationCAM"), slow=True, processed=True),
-        # The peers softmax the weights over the channels and mask with zeros.
+        # The peers softmax the weights over the channels and mask with zeros;
+        # perturbations_per_eval 16 as pytorch-grad-cam's ScoreCAM (torchcam: 32).
         Method("Score-CAM", OURS, ours(LayerScoreCam, channel_softmax=True), slow=True),
         Method(
             "Score-CAM",
