@@ -442,7 +442,8 @@ def goals(rows: List[dict]) -> List[str]:
                 else "(no goal: it is set for ResNet-50 layer4)"
             )
             lines.append(
-                f"- {case}: Ablation-CAM speed-up over pytorch-grad-cam's {speedup:.0f}x, "
+                f"- {case}: Ablation-CAM speed-up over pytorch-grad-cam's "
+                f"{speedup:.{0 if speedup >= 10 else 1}f}x, "
                 f"maps differing by at most {peer.get('max_difference', float('nan')):.1e} "
                 f"{verdict}"
             )
@@ -502,7 +503,7 @@ def write(
     lines = [
         "# Speed and memory beside the peers",
         "",
-        f"`python benchmarks/speed.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
+        f"`{' '.join(['python benchmarks/speed.py', *sys.argv[1:]])}`",
         "",
         "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()) + ".",
         "",
