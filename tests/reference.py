@@ -83,9 +83,13 @@ def ablated_score(model, layer, x: Tensor, n: int, k: int, target: int) -> float
         handle.remove()
 
 
-def score_cam_weight(model, A: Tensor, x: Tensor, baseline: Tensor, n: int, k: int, target: int) -> float:
+def score_cam_weight(
+    model, A: Tensor, x: Tensor, baseline: Tensor, n: int, k: int, target: int
+) -> float:
     r"""Score-CAM Eq. 8 for one example and channel, mask built by hand."""
-    up = F.interpolate(A[n, k][None, None], size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0]
+    up = F.interpolate(
+        A[n, k][None, None], size=x.shape[2:], mode="bilinear", align_corners=False
+    )[0, 0]
     lo, hi = up.min(), up.max()
     mask = (up - lo) / (hi - lo) if hi > lo else torch.zeros_like(up)
     masked = baseline[n] + (x[n] - baseline[n]) * mask

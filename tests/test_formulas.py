@@ -121,7 +121,9 @@ def test_score_cam_channel_softmax_is_softmax_of_weights():
     )
     expected = torch.softmax(implied_weights(plain, A), dim=1)
     live = A.flatten(2).abs().sum(2) > 0  # the weight of an all-zero channel is invisible
-    torch.testing.assert_close(implied_weights(soft, A)[live], expected[live], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        implied_weights(soft, A)[live], expected[live], rtol=1e-9, atol=1e-12
+    )
 
 
 def test_score_cam_constant_channel_gets_zero_weight():

@@ -28,11 +28,15 @@ HOOK_DICTS = (
 def snapshot(model: nn.Module):
     return {
         "state": {k: v.clone() for k, v in model.state_dict(keep_vars=True).items()},
-        "grads": {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
+        "grads": {
+            k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()
+        },
         "grad_ids": {k: id(p.grad) for k, p in model.named_parameters()},
         "training": {k: m.training for k, m in model.named_modules()},
         "attributes": {k: sorted(m.__dict__) for k, m in model.named_modules()},
-        "hooks": {k: [len(getattr(m, d, {})) for d in HOOK_DICTS] for k, m in model.named_modules()},
+        "hooks": {
+            k: [len(getattr(m, d, {})) for d in HOOK_DICTS] for k, m in model.named_modules()
+        },
         "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
     }
 
