@@ -34,6 +34,13 @@ class TargetSelector:
         ]
         self.index = torch.tensor(flat, dtype=torch.long, device=output.device)
 
+    @classmethod
+    def for_examples(cls, target: TargetType, output: Tensor, n: int) -> "TargetSelector":
+        r"""A selector for ``n`` explained examples, made from the output of
+        any replayed rows of them (the target is checked against ``n``
+        examples with that output's per-example shape)."""
+        return cls(target, output[:1].expand(n, *output.shape[1:]))
+
     def __call__(self, output: Tensor, rows: Optional[Tensor] = None) -> Tensor:
         r"""
         Args:
@@ -51,15 +58,6 @@ def select_target_scores(output: Tensor, target: TargetType) -> Tensor:
     r"""One score per example, shape (N,), chosen from ``output`` by ``target``
     exactly as Captum's attribution methods choose it."""
     return TargetSelector(target, output)(output)
-
-
-def target_rows(target: TargetType, rows: Tensor) -> TargetType:
-    r"""The target for a batch made of the examples ``rows`` (repeats allowed)."""
-    if isinstance(target, list):
-        return [target[i] for i in rows.tolist()]
-    if isinstance(target, Tensor) and target.numel() > 1:
-        return target[rows.to(target.device)]
-    return target
 
 
 def scoring(forward_func: Callable, target: TargetType) -> Callable[..., Tensor]:

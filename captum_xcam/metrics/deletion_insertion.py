@@ -9,7 +9,7 @@ from captum._utils.typing import TargetType
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
-from captum_xcam._utils.targets import rows_of, select_target_scores, target_rows
+from captum_xcam._utils.targets import TargetSelector, rows_of
 from captum_xcam.metrics._maps import check_batch, input_resolution_maps
 
 SubstrateType = Union[str, float, Tensor, Callable[[Tensor], Tensor]]
@@ -188,6 +188,7 @@ def _pixel_curves(
     # Every (image, step) pair is one modified image; evaluate them in chunks.
     pairs = torch.arange(n * (num_steps + 1), device=inputs.device)
     curves = torch.empty(n * (num_steps + 1), dtype=inputs.dtype, device=inputs.device)
+    select: Optional[TargetSelector] = None
     bar = progress(total=len(pairs), desc="Insertion" if insert else "Deletion",
                    disable=not show_progress)
     try:
@@ -199,9 +200,8 @@ def _pixel_curves(
                 output = forward_func(modified, *(rows_of(args, rows) or ()))
                 if softmax:
                     output = output.softmax(dim=1)
-                curves[chunk] = select_target_scores(output, target_rows(target, rows)).to(
-                    curves.dtype
-                )
+                select = select or TargetSelector.for_examples(target, output, n)
+                curves[chunk] = select(output, rows).to(curves.dtype)
             bar.update(len(chunk))
     finally:
         bar.close()

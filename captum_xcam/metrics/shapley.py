@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_xcam._core.layer_tail import layer_tail
-from captum_xcam._utils.targets import rows_of, select_target_scores, target_rows
+from captum_xcam._utils.targets import TargetSelector, rows_of
 
 
 def channel_shapley_values(
@@ -127,6 +127,7 @@ def _exact_shapley(
     # Pair p is coalition p // n of example p % n, so that every chunk of a
     # multiple of n pairs lists the examples in order, as a LayerTail's module expects.
     pairs = torch.arange(coalitions * n, device=device)
+    select: Optional[TargetSelector] = None
     bar = progress(total=coalitions, desc="Exact Shapley coalitions", disable=not show_progress)
     try:
         for chunk in pairs.split(perturbations_per_eval * n):
@@ -134,7 +135,8 @@ def _exact_shapley(
             layer_value = activations[rows] * members[subsets].reshape(-1, channels, *spatial)
             with torch.no_grad():
                 output = value(layer_value, *(rows_of(args, rows) or ()))
-            values[chunk] = select_target_scores(output, target_rows(target, rows)).double()
+            select = select or TargetSelector.for_examples(target, output, n)
+            values[chunk] = select(output, rows).double()
             bar.update(len(chunk) // n)
     finally:
         bar.close()
