@@ -22,7 +22,9 @@ from captum_xcam.cli.errors import CliError
 @dataclass(frozen=True)
 class CamMethod:
     r"""A CAM class under its command-line ``key`` and display ``name``;
-    ``perturbation`` methods take one forward pass per channel."""
+    ``perturbation`` methods replay the model once per channel (Ablation-CAM
+    the part after the layer, Score-CAM the whole model) and take
+    ``perturbations_per_eval`` and ``show_progress``."""
 
     key: str
     name: str
