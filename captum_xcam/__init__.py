@@ -3,7 +3,8 @@ from captum_xcam._core.ablation_cam import LayerAblationCam
 from captum_xcam._core.grad_cam_plus_plus import LayerGradCamPlusPlus
 from captum_xcam._core.guided_layer_cam import GuidedLayerCam
 from captum_xcam._core.layer_cam import LayerCam
-from captum_xcam._core.lift_cam import LayerLiftCam
+from captum_xcam._core.layer_tail import WholeModelReplayWarning
+from captum_xcam._core.lift_cam import LayerLiftCam, LiftCompletenessWarning
 from captum_xcam._core.score_cam import LayerScoreCam
 from captum_xcam._core.xgrad_cam import LayerXGradCam
 
@@ -17,4 +18,6 @@ __all__ = [
     "LayerLiftCam",
     "LayerScoreCam",
     "LayerXGradCam",
+    "LiftCompletenessWarning",
+    "WholeModelReplayWarning",
 ]

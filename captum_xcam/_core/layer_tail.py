@@ -25,6 +25,12 @@ from captum_xcam._utils.targets import TargetSelector, rows_of
 from captum_xcam._utils.validation import check_layer_tensor
 
 
+class WholeModelReplayWarning(UserWarning):
+    r"""The part of the model after the layer cannot be run on its own, so
+    every replay of the layer's tensor re-runs the whole model (slower, same
+    numbers). The message names the reason and how to avoid it."""
+
+
 class LayerTail:
     r"""
     The target scores of ``forward_func`` on the explained examples as a

@@ -13,6 +13,12 @@ from torch.nn import Module
 from captum_xcam._core.layer_cam import LayerCam, spatial_sum
 
 
+class LiftCompletenessWarning(UserWarning):
+    r"""LIFT-CAM's channel weights do not add up to ``f(A) - f(0)``: the part of
+    the model after the layer has an operation without an exact DeepLIFT
+    rule. The message gives the measured gap."""
+
+
 class LayerLiftCam(LayerCam, GradientAttribution):
     r"""
     LIFT-CAM [Jung & Oh, ICCV 2021, https://arxiv.org/abs/2102.05228]. The
