@@ -11,17 +11,28 @@ the layer's tensor substituted (:class:`ReplayedTail`). Both give the same
 numbers.
 """
 
-from typing import Callable, List, Optional, Tuple
+import weakref
+from typing import Callable, List, Optional, Set, Tuple
 
 import torch
 from captum._utils.typing import TargetType
+from torch import fx
 from torch import Tensor
 from torch.nn import Module, ModuleList
 
-from captum_xcam._utils.graph_split import GraphSplit, discard_split, split_at_layer
+from captum_xcam._utils.graph_split import (
+    ARGUMENT,
+    PER_ROW,
+    SHAPE,
+    GraphSplit,
+    Unsplittable,
+    discard_split,
+    split_at_layer,
+)
 from captum_xcam._utils.layer_hooks import captured, substituted
 from captum_xcam._utils.model_state import model_of
 from captum_xcam._utils.targets import TargetSelector, rows_of
+from captum_xcam._utils.user_warnings import warn
 from captum_xcam._utils.validation import check_layer_tensor
 
 
@@ -74,6 +85,8 @@ class LayerTail:
 class TracedTail(LayerTail):
     r"""Runs the head of a :class:`GraphSplit` once, then only its tail."""
 
+    path = "tail only"
+
     def __init__(
         self,
         split: GraphSplit,
@@ -81,21 +94,33 @@ class TracedTail(LayerTail):
         target: TargetType,
     ) -> None:
         self.activations = head_values[0]
-        self._module = _TracedTailModule(split, head_values[1:], len(self.activations))
+        self.split = split
+        self._module = _TracedTailModule(split.tail, split.kinds, head_values[1:], len(self.activations))
         with torch.no_grad():
             output = self._module(self.activations.clone())
         self.selector = TargetSelector(target, output)
         self.target_scores = self.selector(output)
 
-    def module(self) -> Module:
-        return self._module
+    def module(self, tail: Optional[fx.GraphModule] = None) -> Module:
+        r"""The tail as a module, as :meth:`LayerTail.module`; with ``tail``,
+        a rewrite of ``self.split.tail`` run in its place."""
+        if tail is None:
+            return self._module
+        m = self._module
+        return _TracedTailModule(tail, m.kinds, m.crossing, m.n, shapes_kept=True)
 
     def _outputs(self, layer_value: Tensor, rows: Tensor) -> Tensor:
         return self._module.outputs(layer_value, rows)
 
 
 class ReplayedTail(LayerTail):
-    r"""Re-runs the whole forward function with the layer tensor substituted."""
+    r"""Re-runs the whole forward function with the layer tensor substituted.
+
+    Attributes:
+        reason (str): Why the part after the layer cannot run on its own.
+    """
+
+    path = "whole model"
 
     def __init__(
         self,
@@ -105,7 +130,9 @@ class ReplayedTail(LayerTail):
         additional_forward_args: Optional[Tuple[object, ...]],
         target: TargetType,
         attribute_to_layer_input: bool,
+        reason: str = "",
     ) -> None:
+        self.reason = reason
         self.activations, output = layer_activations(
             forward_func, layer, inputs, additional_forward_args, attribute_to_layer_input
         )
@@ -132,34 +159,77 @@ def layer_tail(
     target: TargetType,
     attribute_to_layer_input: bool,
 ) -> LayerTail:
-    r"""A :class:`TracedTail` where ``forward_func`` is a module (or its
-    ``forward``) that ``torch.fx`` can split at the layer, with crossing
-    values that have one row per example; else a :class:`ReplayedTail`."""
+    r"""A :class:`TracedTail` where ``torch.fx`` can split ``forward_func``
+    (the model, its ``forward``, or a Python function that calls it) at the
+    layer, with crossing values that have one row per example; else a
+    :class:`ReplayedTail`, with a :class:`WholeModelReplayWarning` that names
+    the reason, once per layer."""
     model = model_of(forward_func)
-    traceable = model is not None and (forward_func is model or forward_func == model.forward)
-    split = split_at_layer(model, layer, attribute_to_layer_input) if traceable else None
-    if split is not None:
+    if model is not None and not (forward_func is model or forward_func == model.forward):
+        model = None  # another method of the model: traced as a function
+    num_args = len(inputs) + len(additional_forward_args or ())
+    split = split_at_layer(forward_func, model, layer, attribute_to_layer_input, num_args)
+    if isinstance(split, GraphSplit):
         with torch.no_grad():
             head_values = split.head(*inputs, *(additional_forward_args or ()))
-        if _per_example(split, head_values, len(inputs[0])):
+        problem = _replay_problem(split, head_values, len(inputs[0]))
+        if problem is None:
             return TracedTail(split, head_values, target)
-        discard_split(model, layer, attribute_to_layer_input)
+        split = Unsplittable(problem, "compute it after the layer, or per example")
+        discard_split(forward_func, model, layer, attribute_to_layer_input, split, num_args)
+    _warn_whole_model(forward_func, layer, split)
     return ReplayedTail(
-        forward_func, layer, inputs, additional_forward_args, target, attribute_to_layer_input
+        forward_func,
+        layer,
+        inputs,
+        additional_forward_args,
+        target,
+        attribute_to_layer_input,
+        reason=split.reason,
     )
 
 
-def _per_example(split: GraphSplit, head_values: Tuple[object, ...], n: int) -> bool:
-    r"""Whether the head gave a layer tensor, and crossing values that are
-    arguments or tensors with one row per example (a batch size read before
-    the layer, for instance, would be wrong for a replay of other size)."""
+_WARNED: "weakref.WeakKeyDictionary[Module, Set[str]]" = weakref.WeakKeyDictionary()
+
+
+def _warn_whole_model(forward_func: Callable, layer: Module, why: Unsplittable) -> None:
+    r"""Says once per layer and reason that the whole model is re-run."""
+    warned = _WARNED.setdefault(layer, set())
+    if why.reason in warned:
+        return
+    warned.add(why.reason)
+    model = model_of(forward_func)
+    name = next((n for n, m in model.named_modules() if m is layer), None) if model else None
+    where = f"'{name}'" if name else type(layer).__name__
+    warn(
+        f"The part of the model after the layer {where} cannot be run on its own: "
+        f"{why.reason}. Every replay of the layer's tensor re-runs the whole model "
+        "(Ablation-CAM and the channel metrics: one whole forward pass per chunk of "
+        "perturbations_per_eval channels; LIFT-CAM: DeepLift through the whole model); "
+        f"the numbers are the same, only slower. To avoid it, {why.remedy}.",
+        WholeModelReplayWarning,
+    )
+
+
+def _replay_problem(split: GraphSplit, head_values: Tuple[object, ...], n: int) -> Optional[str]:
+    r"""Why the tail could not be replayed on any rows, or None: the head must
+    give a layer tensor, tensors with one row per example for the values
+    computed before the layer, and tensors for the shapes read there (a batch
+    mean computed before the layer, for instance, would be wrong for a replay
+    of some rows)."""
     layer_value, *crossing = head_values
     if not isinstance(layer_value, Tensor) or layer_value.dim() < 3:
-        return False
-    return all(
-        is_argument or (isinstance(value, Tensor) and value.dim() > 0 and len(value) == n)
-        for value, is_argument in zip(crossing, split.is_argument)
-    )
+        return "the layer's tensor is not a (N, K, *spatial) tensor"
+    for i, (value, kind) in enumerate(zip(crossing, split.kinds)):
+        if kind == ARGUMENT:
+            continue
+        if not isinstance(value, Tensor) or value.dim() == 0 or (kind == PER_ROW and len(value) != n):
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            return (
+                f"a value computed before the layer and used after it ({shape}) has no "
+                f"row per example"
+            )
+    return None
 
 
 def layer_activations(
@@ -203,10 +273,22 @@ def _cyclic_rows(layer_value: Tensor, rows: Optional[Tensor], n: int) -> Tensor:
 class _TracedTailModule(Module):
     r"""The traced tail with the crossing values of the explained examples."""
 
-    def __init__(self, split: GraphSplit, crossing: Tuple[object, ...], n: int) -> None:
+    def __init__(
+        self,
+        tail: fx.GraphModule,
+        kinds: Tuple[str, ...],
+        crossing: Tuple[object, ...],
+        n: int,
+        shapes_kept: bool = False,
+    ) -> None:
         super().__init__()
-        self.tail = split.tail
-        self.crossing = crossing
+        self.tail = tail
+        self.kinds = kinds
+        # Only the shape of a SHAPE value is kept, not its data.
+        self.crossing = tuple(
+            _shape_of(v) if kind == SHAPE and not shapes_kept else v  # type: ignore[arg-type]
+            for v, kind in zip(crossing, kinds)
+        )
         self.n = n
 
     def forward(self, layer_value: Tensor, rows: Optional[Tensor] = None) -> Tensor:
@@ -217,7 +299,21 @@ class _TracedTailModule(Module):
     def outputs(self, layer_value: Tensor, rows: Optional[Tensor] = None) -> Tensor:
         r"""The output for a ``layer_value`` that the tail may change in place."""
         rows = _cyclic_rows(layer_value, rows, self.n)
-        return self.tail(layer_value, *(rows_of(self.crossing, rows) or ()))
+        crossing = (
+            _stand_in(v, len(rows)) if kind == SHAPE else rows_of((v,), rows)[0]  # type: ignore
+            for v, kind in zip(self.crossing, self.kinds)
+        )
+        return self.tail(layer_value, *crossing)
+
+
+def _shape_of(value: Tensor) -> Tensor:
+    return torch.empty((), dtype=value.dtype, device=value.device).expand(value.shape)
+
+
+def _stand_in(shape_of: Tensor, rows: int) -> Tensor:
+    r"""A tensor of ``rows`` rows shaped like ``shape_of`` otherwise, without
+    data: the tail reads only its shape, dtype and device."""
+    return shape_of[:1].expand(rows, *shape_of.shape[1:])
 
 
 class LayerSubstitutedModel(Module):

@@ -6,40 +6,71 @@ to the layer's tensor, and a *tail*, from that tensor to the output. Values
 that the head computes from the inputs and the tail still needs (a skip
 connection across the layer, an additional forward argument) become extra
 arguments of the tail: the *crossing values*. Values that do not depend on
-the inputs (parameters, constants) are recomputed in the tail. Then
+the inputs (parameters, constants) are recomputed in the tail, and so are
+shapes read from the inputs before the layer (``bs = x.size(0)``,
+``x.shape[0]``, ``len(x)``, ``b, c, h, w = x.shape``): the tail reads them
+from a stand-in tensor with as many rows as it is given, so that it runs on
+any number of rows. Then
 
     ``f(x) == tail(layer_tensor, *crossing)`` where
     ``(layer_tensor, *crossing) == head(x)``
 
 with the same operations on the same modules, so the results are identical.
-Models that ``torch.fx`` cannot trace get no split (``None``), and callers
-fall back to running the whole model.
+A forward function that is not a module (``lambda x: model(x)["out"]``) is
+traced through the modules it calls. Models that cannot be split get an
+:class:`Unsplittable` with the reason and a remedy; callers then run the whole
+model.
 """
 
+import builtins
+import inspect
+import operator
 import weakref
-from typing import Dict, Hashable, List, NamedTuple, Optional, Set, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, Hashable, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
 
 from torch import fx
 from torch.nn import Module
 
-_CACHE: "weakref.WeakKeyDictionary[Module, Dict[Hashable, object]]" = weakref.WeakKeyDictionary()
+#: How a crossing value is handed to the tail for a replay of some rows.
+ARGUMENT = "argument"  # one of the model's own arguments: its rows, as Captum expands them
+PER_ROW = "per-row"  # a tensor computed from the inputs: its rows
+SHAPE = "shape"  # a tensor the tail only reads the shape of: a stand-in of that many rows
+
+_SHAPE_METHODS = {"size", "dim", "numel", "nelement", "ndimension", "get_device"}
+_SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda"}
+_SHAPE_ARITHMETIC = {
+    operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv,
+    operator.truediv, operator.mod, operator.neg, operator.pow, builtins.int, builtins.max,
+    builtins.min,
+}
 
 
 class GraphSplit(NamedTuple):
     r"""A model cut at a layer: ``head(*inputs, *args)`` returns the layer
     tensor and the crossing values, ``tail(layer_tensor, *crossing)`` the
-    model's output. ``is_argument[i]`` tells whether crossing value ``i`` is
-    one of the model's own arguments (an input or an additional forward
-    argument) rather than a value computed from them."""
+    model's output. ``kinds[i]`` says how crossing value ``i`` is replayed:
+    :data:`ARGUMENT`, :data:`PER_ROW` or :data:`SHAPE`."""
 
     head: fx.GraphModule
     tail: fx.GraphModule
-    is_argument: Tuple[bool, ...]
+    kinds: Tuple[str, ...]
+
+
+class Unsplittable(NamedTuple):
+    r"""Why a model cannot be split at a layer, and what the user can do."""
+
+    reason: str
+    remedy: str
+
+
+_CACHE: "weakref.WeakKeyDictionary[Module, Dict[Hashable, object]]" = weakref.WeakKeyDictionary()
 
 
 class _LayerTracer(fx.Tracer):
     r"""Traces through every module except ``layer``, torch.nn's own modules
-    and modules with hooks (which must still run as modules)."""
+    and modules with hooks (which must still run as modules); ``len`` of a
+    traced tensor is recorded, not refused."""
 
     def __init__(self, layer: Module) -> None:
         super().__init__()
@@ -48,72 +79,185 @@ class _LayerTracer(fx.Tracer):
     def is_leaf_module(self, m: Module, module_qualified_name: str) -> bool:
         return m is self.layer or _has_hooks(m) or super().is_leaf_module(m, module_qualified_name)
 
+    def trace(self, root, concrete_args=None):  # type: ignore[override]
+        with _traceable_len(root):
+            return super().trace(root, concrete_args)
+
+
+def _len(obj: object) -> object:
+    if isinstance(obj, fx.Proxy):
+        return obj.tracer.create_proxy("call_function", builtins.len, (obj,), {})
+    return builtins.len(obj)  # type: ignore[arg-type]
+
+
+@contextmanager
+def _traceable_len(root: Module) -> Iterator[None]:
+    r"""While tracing, ``len`` in the modules' source files records a graph
+    node (torch.fx's own ``fx.wrap("len")``, done for the user)."""
+    patched: List[dict] = []
+    for m in root.modules():
+        forward = getattr(type(m).forward, "__globals__", None)
+        if forward is not None and "len" not in forward and all(g is not forward for g in patched):
+            forward["len"] = _len
+            patched.append(forward)
+    try:
+        yield
+    finally:
+        for g in patched:
+            if g.get("len") is _len:
+                del g["len"]
+
+
+class _CalledModel(Module):
+    r"""A forward function that is not a module, as a module whose children
+    are the modules it calls, so that torch.fx can trace it. ``forward`` takes
+    as many positional arguments as the function is called with (torch.fx
+    makes one graph input of each)."""
+
+    def __init__(self, forward_func: Callable, modules: List[Module]) -> None:
+        super().__init__()
+        self.__dict__["forward_func"] = forward_func
+        for i, m in enumerate(modules):
+            self.add_module(f"module_{i}", m)
+
+    @classmethod
+    def taking(cls, num_args: int) -> type:
+        names = ", ".join(f"arg_{i}" for i in range(num_args))
+        namespace: Dict[str, object] = {}
+        exec(f"def forward(self, {names}):\n    return self.forward_func({names})", namespace)
+        return type(cls.__name__, (cls,), {"forward": namespace["forward"]})
+
 
 def split_at_layer(
-    model: Module, layer: Module, attribute_to_layer_input: bool
-) -> Optional[GraphSplit]:
+    forward_func: Callable,
+    model: Optional[Module],
+    layer: Module,
+    attribute_to_layer_input: bool,
+    num_args: int = 1,
+) -> Union[GraphSplit, Unsplittable]:
     r"""
-    The split of ``model`` at ``layer``'s output (or input), or None when
-    the model cannot be split: ``torch.fx`` cannot trace it, the layer is not
-    called exactly once in the graph, or hooks on the model itself would be
-    skipped. Splits are cached per model for as long as its modules, their
+    The split of ``forward_func`` at ``layer``'s output (or input), or an
+    :class:`Unsplittable` saying why there is none. ``model`` is the module
+    ``forward_func`` is, or is the ``forward`` of, or None; ``num_args`` the
+    number of arguments it is called with. Splits are cached
+    per model (and forward function) for as long as its modules, their
     train/eval modes and their hooks stay the same.
     """
-    key = (id(layer), attribute_to_layer_input)
-    signature = _signature(model)
-    cached = _CACHE.setdefault(model, {}).get(key)
+    root = model if model is not None else _called_model(forward_func, layer, num_args)
+    if isinstance(root, Unsplittable):
+        return root
+    slot, key, signature = _cache_slot(forward_func, root, layer, attribute_to_layer_input)
+    cached = slot.get(key)
     if cached is not None and cached[0] == signature:
         return cached[1]
-    split = _split(model, layer, attribute_to_layer_input)
-    _CACHE[model][key] = (signature, split)
+    split = _split(root, layer, attribute_to_layer_input)
+    slot[key] = (signature, split)
     return split
 
 
-def discard_split(model: Module, layer: Module, attribute_to_layer_input: bool) -> None:
-    r"""Remembers that the split of ``model`` at ``layer`` is of no use (its
-    crossing values turned out not to be per-example tensors), for as long as
-    the model stays the same."""
-    _CACHE.setdefault(model, {})[(id(layer), attribute_to_layer_input)] = (
-        _signature(model),
-        None,
-    )
+def discard_split(
+    forward_func: Callable,
+    model: Optional[Module],
+    layer: Module,
+    attribute_to_layer_input: bool,
+    why: Unsplittable,
+    num_args: int = 1,
+) -> None:
+    r"""Remembers that the split of ``forward_func`` at ``layer`` is of no use
+    (its crossing values turned out not to be per-example tensors), for as
+    long as the model stays the same."""
+    root = model if model is not None else _called_model(forward_func, layer, num_args)
+    if isinstance(root, Module):
+        slot, key, signature = _cache_slot(forward_func, root, layer, attribute_to_layer_input)
+        slot[key] = (signature, why)
 
 
-def _split(model: Module, layer: Module, attribute_to_layer_input: bool) -> Optional[GraphSplit]:
-    if _has_hooks(model) or _has_global_hooks():
-        return None
+def _cache_slot(
+    forward_func: Callable, root: Module, layer: Module, attribute_to_layer_input: bool
+) -> Tuple[Dict[Hashable, object], Hashable, Tuple[object, ...]]:
+    r"""Where the split of ``root`` is cached, under which key, valid while
+    the signature holds: per model, and per forward function when that is
+    not the model."""
+    if isinstance(root, _CalledModel):
+        model = next(iter(root.children()))
+        key = (id(layer), attribute_to_layer_input, id(forward_func), _arity(root))
+        extra: Tuple[object, ...] = (weakref.ref(forward_func),)
+    else:
+        model, key, extra = root, (id(layer), attribute_to_layer_input, None), ()
+    return _CACHE.setdefault(model, {}), key, _signature(model) + extra
+
+
+def _arity(root: Module) -> int:
+    return root.forward.__code__.co_argcount - 1  # type: ignore[attr-defined]
+
+
+def _called_model(
+    forward_func: Callable, layer: Module, num_args: int
+) -> Union[_CalledModel, Unsplittable]:
+    r"""A traceable module for a Python function that calls the model: the
+    modules it reads from its closure or globals become children; the one
+    that holds the layer comes first."""
+    remedy = "pass the model itself (or a torch.nn.Module wrapping it) as forward_func"
+    if inspect.ismethod(forward_func) and isinstance(forward_func.__self__, Module):
+        found = [forward_func.__self__]
+    elif inspect.isfunction(forward_func):
+        names = inspect.getclosurevars(forward_func)
+        found = [v for v in {**names.globals, **names.nonlocals}.values() if isinstance(v, Module)]
+    else:
+        return Unsplittable(
+            f"the forward function is a {type(forward_func).__name__}, neither the model "
+            "nor a Python function that calls it", remedy)
+    holders = [m for m in found if any(s is layer for s in m.modules())]
+    if len(holders) != 1:
+        return Unsplittable(
+            "the forward function does not refer to exactly one module holding the layer "
+            f"({len(holders)} found among its globals and closure)", remedy)
+    others = [m for m in found if m is not holders[0]]
+    return _CalledModel.taking(num_args)(forward_func, holders + others)
+
+
+def _split(root: Module, layer: Module, attribute_to_layer_input: bool) -> Union[GraphSplit, Unsplittable]:
+    if _has_hooks(root) or any(_has_hooks(m) for m in root.children() if isinstance(root, _CalledModel)):
+        return Unsplittable(
+            "the model itself has hooks, which running its parts apart would skip",
+            "remove the model's own hooks while explaining (hooks on its submodules are fine)")
+    if _has_global_hooks():
+        return Unsplittable(
+            "global module hooks are registered (torch.nn.modules.module.register_module_*)",
+            "remove the global hooks while explaining")
     try:
-        graph = _LayerTracer(layer).trace(model)
-    except Exception:  # untraceable Python: data-dependent control flow and the like
-        return None
+        graph = _LayerTracer(layer).trace(root)
+    except Exception as error:  # untraceable Python: data-dependent control flow and the like
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return Unsplittable(
+            f"torch.fx cannot trace it ({type(error).__name__}: {first_line[:200]})",
+            "make its forward traceable by torch.fx (no Python branches or loops on tensor "
+            "values, no conversion of tensors to Python numbers)")
     calls = [
-        n for n in graph.nodes if n.op == "call_module" and model.get_submodule(n.target) is layer
+        n for n in graph.nodes if n.op == "call_module" and root.get_submodule(n.target) is layer
     ]
     if len(calls) != 1:
-        return None
+        return Unsplittable(
+            f"the traced model calls the layer {len(calls)} times, not once (it may sit "
+            "inside a torch.nn module that is traced as a whole)",
+            "explain a module that the model's own forward calls once")
     layer_node = calls[0]
     if attribute_to_layer_input and not (
         layer_node.args and isinstance(layer_node.args[0], fx.Node)
     ):
-        return None
+        return Unsplittable(
+            "the layer's input is not a traced tensor", "explain the layer's output instead")
     nodes = list(graph.nodes)
     cut = nodes.index(layer_node) + (0 if attribute_to_layer_input else 1)
     head_nodes, tail_nodes = nodes[:cut], nodes[cut:]
     boundary = layer_node.args[0] if attribute_to_layer_input else layer_node
-    crossing = _crossing_values(head_nodes, tail_nodes, layer_node, _depends_on_inputs(nodes))
-    try:
-        tail_graph = _tail_graph(tail_nodes, layer_node, boundary, crossing)
-    except _NeedsHead:
-        return None
+    crossing, kinds = _crossing_values(head_nodes, tail_nodes, layer_node, _depends_on_inputs(nodes))
+    tail_graph = _tail_graph(tail_nodes, layer_node, boundary, crossing)
     return GraphSplit(
-        fx.GraphModule(model, _head_graph(head_nodes, boundary, crossing)),
-        fx.GraphModule(model, tail_graph),
-        tuple(n.op == "placeholder" for n in crossing),
+        fx.GraphModule(root, _head_graph(head_nodes, boundary, crossing)),
+        fx.GraphModule(root, tail_graph),
+        kinds,
     )
-
-
-class _NeedsHead(Exception):
-    r"""The tail would have to recompute an input-dependent value."""
 
 
 def _head_graph(head_nodes: List[fx.Node], boundary: fx.Node, crossing: List[fx.Node]) -> fx.Graph:
@@ -138,10 +282,9 @@ def _tail_graph(
         env[layer_node] = value
 
     def copied(node: fx.Node) -> fx.Node:
-        # What the head computes without the inputs is recomputed here.
+        # What the head computes without the inputs, and shapes read from
+        # the stand-ins, are recomputed here.
         if node not in env:
-            if node.op == "placeholder":
-                raise _NeedsHead
             env[node] = graph.node_copy(node, copied)
         return env[node]
 
@@ -159,20 +302,55 @@ def _crossing_values(
     tail_nodes: List[fx.Node],
     layer_node: fx.Node,
     from_inputs: Set[fx.Node],
-) -> List[fx.Node]:
-    r"""The head's input-dependent values that the tail reads, other than the
-    substituted layer tensor."""
+) -> Tuple[List[fx.Node], Tuple[str, ...]]:
+    r"""The head's input-dependent values that the tail needs, other than the
+    substituted layer tensor, with their kinds: for a value that is a shape
+    read from a tensor, that tensor (of kind :data:`SHAPE` unless the tail
+    also needs its values)."""
     head = set(head_nodes) - {layer_node}
-    needed: List[fx.Node] = []
+    values: List[fx.Node] = []
+    shape_sources: List[fx.Node] = []
     for node in tail_nodes:
         reads = node.all_input_nodes
         if node is layer_node:  # its first argument is substituted
             reads = []
             fx.map_arg((node.args[1:], node.kwargs), reads.append)
         for arg in reads:
-            if arg in head and arg in from_inputs and arg not in needed:
-                needed.append(arg)
-    return needed
+            if arg not in head or arg not in from_inputs:
+                continue
+            sources = _shape_sources(arg, from_inputs)
+            target = values if sources is None else shape_sources
+            for n in [arg] if sources is None else sources:
+                if n not in target:
+                    target.append(n)
+    shape_only = [n for n in shape_sources if n not in values]
+    crossing = values + shape_only
+    kinds = tuple(
+        ARGUMENT if n.op == "placeholder" else PER_ROW for n in values
+    ) + (SHAPE,) * len(shape_only)
+    return crossing, kinds
+
+
+def _shape_sources(node: fx.Node, from_inputs: Set[fx.Node]) -> Optional[List[fx.Node]]:
+    r"""The tensors whose shapes ``node`` is computed from, if it is computed
+    from shapes alone (``x.size(0)``, ``x.shape[2] // 2``, ``len(x)``), else
+    None."""
+    reads = [a for a in node.all_input_nodes if a in from_inputs]
+    if node.op == "call_method" and node.target in _SHAPE_METHODS or node.op == "call_function" and (
+        node.target is builtins.len
+        or node.target is builtins.getattr and node.args[1] in _SHAPE_ATTRIBUTES
+    ):
+        source = node.args[0]
+        return [source] if reads == [source] else None
+    if node.op == "call_function" and node.target in _SHAPE_ARITHMETIC:
+        sources: List[fx.Node] = []
+        for arg in reads:
+            found = _shape_sources(arg, from_inputs)
+            if found is None:
+                return None
+            sources += [s for s in found if s not in sources]
+        return sources
+    return None
 
 
 def _depends_on_inputs(nodes: List[fx.Node]) -> Set[fx.Node]:
