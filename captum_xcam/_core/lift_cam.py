@@ -11,6 +11,9 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_xcam._core.layer_cam import LayerCam, spatial_sum
+from captum_xcam._core.layer_tail import LayerTail, TracedTail
+from captum_xcam._utils.deeplift_rules import deeplift_tail
+from captum_xcam._utils.user_warnings import warn
 
 
 class LiftCompletenessWarning(UserWarning):
@@ -73,10 +76,16 @@ class LayerLiftCam(LayerCam, GradientAttribution):
     ) -> Tuple[Tensor, Tensor]:
         tail = self._tail(inputs, target, additional_forward_args, attribute_to_layer_input)
         activations = tail.activations
+        unruled: Optional[List[str]] = None
+        if isinstance(tail, TracedTail):
+            rewritten, unruled = deeplift_tail(tail.split.tail)
+            module = tail.module(rewritten)
+        else:
+            module = tail.module()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Setting forward, backward hooks")
             try:
-                contributions = DeepLift(tail.module()).attribute(
+                contributions = DeepLift(module).attribute(
                     activations.clone().requires_grad_(),
                     baselines=torch.zeros_like(activations),
                     target=target,
@@ -85,10 +94,39 @@ class LayerLiftCam(LayerCam, GradientAttribution):
                 if "being used more than once" not in str(error):
                     raise
                 raise ValueError(
-                    "LIFT-CAM: a nonlinear module after the layer is called more "
-                    "than once per forward pass, which Captum's DeepLift cannot "
-                    "handle (torchvision's ResNet blocks reuse one ReLU). Explain "
-                    "a layer after which each nonlinearity is its own module, such "
-                    "as a ResNet's layer4."
+                    "LIFT-CAM: a nonlinear module after the layer is called more than once "
+                    "per forward pass, which Captum's DeepLift cannot handle when the whole "
+                    f"model is re-run; and the model cannot be split at the layer "
+                    f"({getattr(tail, 'reason', '')}), which would give each call its own "
+                    "copy. Make the model traceable by torch.fx, or explain a layer after "
+                    "which each nonlinearity is its own module."
                 ) from error
-        return activations, spatial_sum(contributions.detach())
+        weights = spatial_sum(contributions.detach())
+        check_completeness(weights, tail, unruled)
+        return activations, weights
+
+
+def check_completeness(weights: Tensor, tail: LayerTail, unruled: Optional[List[str]]) -> None:
+    r"""Warns with the measured gap when the weights (N, K) do not add up to
+    ``f(A) - f(0)`` within the precision of their dtype."""
+    n = len(weights)
+    zeroed = tail.scores(torch.zeros_like(tail.activations), torch.arange(n, device=weights.device))
+    scores = tail.target_scores.to(weights.dtype)
+    zeroed = zeroed.to(weights.dtype)
+    scale = torch.maximum(scores.abs(), zeroed.abs()).clamp_min(torch.finfo(weights.dtype).tiny)
+    gap = float(((weights.sum(1) - (scores - zeroed)).abs() / scale).max())
+    tolerance = 1e-6 if weights.dtype == torch.float64 else 1e-3
+    if gap <= tolerance:
+        return
+    if unruled is None:
+        culprits = "the whole model is re-run, so its functional operations cannot be given rules"
+    else:
+        culprits = ", ".join(sorted(set(unruled))) or "none recognised"
+    warn(
+        f"LIFT-CAM's channel weights add up to f(A) - f(0) only to within {gap:.1e} "
+        f"(relative, worst example; {tolerance:.0e} expected for {weights.dtype}): the model "
+        "after the layer has operations without an exact DeepLIFT rule (operations left to "
+        f"the gradient: {culprits}). The weights approximate the channels' SHAP values less "
+        "well; compare with captum_xcam.metrics.channel_shapley_values.",
+        LiftCompletenessWarning,
+    )
