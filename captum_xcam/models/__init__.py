@@ -1,5 +1,16 @@
-"""Models for tests, benchmarks and tutorials, and torchvision models by name."""
+"""Models for tests, benchmarks and tutorials, torchvision models by name, and
+timm models by name (timm is optional: imported only when used)."""
 from captum_xcam.models.small_cnn import SmallCNN, load_pretrained
+from captum_xcam.models.timm_models import (
+    TimmUnavailableError,
+    TimmWeightsUnavailableError,
+    check_timm_name,
+    imagenet_class_names,
+    is_timm_model,
+    load_timm_model,
+    timm_cam_layer,
+    timm_preprocessing,
+)
 from captum_xcam.models.torchvision_models import (
     Preprocessing,
     WeightsUnavailableError,
@@ -15,13 +26,21 @@ from captum_xcam.models.torchvision_models import (
 __all__ = [
     "Preprocessing",
     "SmallCNN",
+    "TimmUnavailableError",
+    "TimmWeightsUnavailableError",
     "WeightsUnavailableError",
     "check_model_name",
+    "check_timm_name",
     "classification_models",
     "default_cam_layer",
     "get_weights",
+    "imagenet_class_names",
+    "is_timm_model",
     "load_model",
     "load_pretrained",
     "load_state_dict_file",
+    "load_timm_model",
+    "timm_cam_layer",
+    "timm_preprocessing",
     "weights_file",
 ]

@@ -269,10 +269,13 @@ class Preprocessing:
                 std=tuple(getattr(preset, "std", base.std)),
                 interpolation=getattr(preset, "interpolation", base.interpolation),
             )
-        if crop_size is None:
-            return base
-        resize_size = round(crop_size * base.resize_size / base.crop_size)
-        return cls(resize_size, crop_size, base.mean, base.std, base.interpolation)
+        return base if crop_size is None else base.with_crop_size(crop_size)
+
+    def with_crop_size(self, crop_size: int) -> "Preprocessing":
+        r"""The same preprocessing with a crop of side ``crop_size`` and the
+        resize scaled alike."""
+        resize_size = round(crop_size * self.resize_size / self.crop_size)
+        return Preprocessing(resize_size, crop_size, self.mean, self.std, self.interpolation)
 
     def crop(self, image: Tensor) -> Tensor:
         r"""A uint8 image (C, H, W) resized and center cropped, still uint8."""
