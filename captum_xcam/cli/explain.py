@@ -1,5 +1,6 @@
-r"""``captum-xcam explain``: CAMs of a torchvision classification model for image
-files, one figure per image and a table of targets, scores and timings.
+r"""``captum-xcam explain``: CAMs of a classification model (torchvision's, timm's or
+your own) for image files, one figure per image and a table of targets, scores and
+timings.
 
 Every input is checked before any work starts (files, images, model, weights,
 layer, target), and the results are written all at once at the end."""
@@ -12,46 +13,43 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import WeightsEnum
 from tqdm.auto import tqdm
 
 from captum_xcam.cli.errors import CliError
 from captum_xcam.cli.methods import METHODS, CamMethod, attribute, parse_methods
+from captum_xcam.cli.model_sources import model_source
 from captum_xcam.cli.output import staged_output, unique_stems, write_csv, write_json
 from captum_xcam.data import find_images, read_image
-from captum_xcam.models import (
-    Preprocessing,
-    WeightsUnavailableError,
-    check_model_name,
-    default_cam_layer,
-    get_weights,
-    load_model,
-)
+from captum_xcam.models import Preprocessing
 from captum_xcam.visualization import visualize_attributions
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "explain", help="CAMs of a torchvision model for image files",
+        "explain", help="CAMs of a classification model for image files",
         description=__doc__.split("\n\n")[0].replace("``", ""),
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER",
                         help="image files, or folders of them")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--model", default="resnet50",
-                        help="torchvision classification model (default: resnet50)")
+                        help="a torchvision classification model (resnet50), timm/NAME for a "
+                             "timm model (timm/resnet50, timm/resnet50.a1_in1k), or "
+                             "package.module:function, a function of yours that returns the "
+                             "model (default: resnet50)")
     parser.add_argument("--weights", default=None,
                         help="torchvision weights: DEFAULT (downloaded on first use), a name "
-                             "such as IMAGENET1K_V1, or none (random). Default: DEFAULT, or "
-                             "none with --checkpoint (with it, the weights only give the "
-                             "preprocessing and class names)")
+                             "such as IMAGENET1K_V1, or none (random); timm models: DEFAULT "
+                             "or none. Default: DEFAULT, or none with --checkpoint (with it, "
+                             "the weights only give the preprocessing and class names)")
     parser.add_argument("--checkpoint", type=Path,
                         help="a state dict saved with torch.save(model.state_dict()), "
                              "loaded with weights_only=True")
     parser.add_argument("--num-classes", type=int,
                         help="outputs of the model (default: the weights', else 1000)")
     parser.add_argument("--layer", help="dotted name of the CAM layer (default: the "
-                                        "architecture's last block, e.g. layer4)")
+                                        "architecture's last block, e.g. layer4; required "
+                                        "for a builder's model unless it is a timm model)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)} (default: all)")
     parser.add_argument("--target", default="auto",
@@ -80,7 +78,7 @@ class Job:
     target: Optional[int]
     methods: List[CamMethod]
     device: torch.device
-    weights: Optional[WeightsEnum]
+    weights: Optional[str]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -107,31 +105,31 @@ def prepare(args: argparse.Namespace) -> Job:
     device = _device(args.device)
     if args.image_size is not None and args.image_size < 16:
         raise CliError(f"--image-size must be at least 16, got {args.image_size}.")
+    source = model_source(args)
     try:
-        check_model_name(args.model)
-        weights = _weights(args)
-        layer_name = args.layer or default_cam_layer(args.model)
+        layer_name = args.layer or source.known_layer()
         files = find_images(args.images)
-        preprocessing = Preprocessing.for_weights(weights, args.image_size)
+        preprocessing = source.preprocessing(args.image_size)
         crops = [preprocessing.crop(read_image(path)) for path in files]
-        model = load_model(args.model, weights, args.checkpoint, args.num_classes)
-    except WeightsUnavailableError as error:
-        raise CliError(_offline_message(error, args.model)) from None
+        model = source.load(args.checkpoint, args.num_classes)
     except (ValueError, FileNotFoundError) as error:
         raise CliError(str(error)) from None
-    if weights is None and args.checkpoint is None:
+    if source.random_weights:
         print(f"captum-xcam: warning: {args.model} has random weights (--weights none): "
               "its explanations are meaningless.", file=sys.stderr)
     model = model.to(device)
-    layer = _layer(model, layer_name, args.model)
     first = preprocessing.normalize(crops[0]).unsqueeze(0).to(device)
+    if layer_name is None:
+        try:
+            layer_name = source.find_layer(model, first)
+        except ValueError as error:
+            raise CliError(str(error)) from None
+    layer = _layer(model, layer_name, args.model)
     num_outputs = _check_shapes(model, layer, layer_name, first, args.model)
-    categories = None
-    if weights is not None and len(weights.meta["categories"]) == num_outputs:
-        categories = weights.meta["categories"]
+    categories = source.categories(num_outputs)
     target = resolve_target(args.target, categories, num_outputs)
     return Job(files, crops, model, layer, layer_name, preprocessing, categories, target,
-               methods, device, weights)
+               methods, device, source.weights_label)
 
 
 def explain_image(job: Job, path: Path, crop: Tensor, figure_path: Path,
@@ -213,20 +211,6 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _weights(args: argparse.Namespace) -> Optional[WeightsEnum]:
-    name = args.weights or ("none" if args.checkpoint else "DEFAULT")
-    return None if name.lower() == "none" else get_weights(args.model, name)
-
-
-def _offline_message(error: WeightsUnavailableError, model_name: str) -> str:
-    return (
-        f"Cannot download the weights {error.weights} of {model_name} (no network?). "
-        f"Copy {error.weights.url} to {error.file} (the torch hub cache; TORCH_HOME moves "
-        f"it), or pass --checkpoint FILE --weights {error.weights.name} to load a copy, "
-        "or --weights none for random weights."
-    )
-
-
 def _layer(model: nn.Module, name: str, model_name: str) -> nn.Module:
     try:
         return model.get_submodule(name)
@@ -271,7 +255,7 @@ def _name(categories: Optional[Sequence[str]], index: int) -> str:
 def config(args: argparse.Namespace, job: Job) -> Dict[str, object]:
     return {
         "model": args.model,
-        "weights": str(job.weights) if job.weights is not None else None,
+        "weights": job.weights,
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
         "layer": job.layer_name,
         "methods": [method.key for method in job.methods],
