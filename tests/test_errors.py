@@ -89,7 +89,20 @@ def test_score_cam_bad_baselines(resnet):
         )
 
 
-def test_lift_cam_reused_nonlinearity_after_layer(resnet):
+class Untraceable(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x) if x.sum() > -1e9 else -self.model(x)  # a branch torch.fx refuses
+
+
+def test_lift_cam_reused_nonlinearity_after_layer_of_an_untraceable_model(resnet):
+    # Traceable models get a copy of a shared module per call; a model re-run
+    # whole cannot, and the error says why and what to do.
     model, _ = resnet
-    with pytest.raises(ValueError, match="more than once"):
-        LayerLiftCam(model, model.layer3).attribute(make_images(n=1), target=0)
+    wrapped = Untraceable(model)
+    with pytest.warns(UserWarning, match="cannot be run on its own"):
+        with pytest.raises(ValueError, match="more than once.*torch.fx cannot trace it"):
+            LayerLiftCam(wrapped, model.layer3).attribute(make_images(n=1), target=0)

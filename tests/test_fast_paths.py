@@ -5,6 +5,7 @@ no graph before the layer; Score-CAM's replays are bounded, skip constant
 channels and do not synchronise with the host per chunk."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from captum_xcam import (
     LayerLiftCam,
     LayerScoreCam,
     LayerXGradCam,
+    WholeModelReplayWarning,
 )
 from captum_xcam._core.layer_tail import ReplayedTail, TracedTail, layer_tail
 from conftest import make_images, make_tiny, randomise
@@ -67,18 +69,42 @@ class DataDependent(nn.Module):
 
 
 class BatchSizeReadEarly(nn.Module):
-    r"""Reads the batch size before the layer and uses it after: a replay of
-    another batch size must re-run the whole model."""
+    r"""Reads the batch size before the layer, in one of the usual idioms, and
+    uses it after (``x.view(bs, -1)``), as EfficientNet-PyTorch does."""
+
+    FORMS = ("x.size(0)", "x.shape[0]", "len(x)", "b, c, h, w = x.shape")
+
+    def __init__(self, form: str = "x.shape[0]") -> None:
+        super().__init__()
+        self.tiny = make_tiny()[0]
+        self.form = form
+
+    def forward(self, x):
+        if self.form == "x.size(0)":
+            b = x.size(0)
+        elif self.form == "len(x)":
+            b = len(x)
+        elif self.form == "x.shape[0]":
+            b = x.shape[0]
+        else:
+            b, c, h, w = x.shape
+        t = self.tiny
+        a = t.layer4(t.stem(x))
+        return t.fc(t.avgpool(a).view(b, -1))
+
+
+class BatchMeanBeforeTheLayer(nn.Module):
+    r"""A statistic of the whole batch computed before the layer and used
+    after it: no replay of some rows can reproduce it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tiny = make_tiny()[0]
 
     def forward(self, x):
-        b = x.shape[0]
         t = self.tiny
-        a = t.layer4(t.stem(x))
-        return t.fc(t.avgpool(a).view(b, -1))
+        level = x.mean()
+        return t.fc(torch.flatten(t.avgpool(t.layer4(t.stem(x))), 1)) + level
 
 
 class SkipAcross(nn.Module):
@@ -136,24 +162,137 @@ def implied_weights(maps, a):
     return torch.where(norms > 0, (maps * a).flatten(2).sum(2) / norms.clamp_min(1e-300), 0)
 
 
-def test_models_that_cannot_be_split_are_re_run_whole():
-    for model_class in (DataDependent, BatchSizeReadEarly):
-        torch.manual_seed(0)
-        model = randomise(model_class()).double().eval()
-        layer = model.tiny.layer4
-        x = make_images(n=2, size=16)
-        stem = counted(model.tiny.stem)
-        tail = layer_tail(model, layer, (x,), None, TARGETS, False)
-        assert isinstance(tail, ReplayedTail)
-        stem.calls = 0
-        maps = LayerAblationCam(model, layer).attribute(
+def replay_warnings(run):
+    r"""The WholeModelReplayWarnings that ``run()`` raises."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    return [w for w in caught if issubclass(w.category, WholeModelReplayWarning)]
+
+
+@pytest.mark.parametrize("form", BatchSizeReadEarly.FORMS)
+def test_a_batch_size_read_before_the_layer_keeps_the_tail_only_path(form):
+    torch.manual_seed(0)
+    model = randomise(BatchSizeReadEarly(form)).double().eval()
+    layer = model.tiny.layer4
+    x = make_images(n=2, size=16)
+    stem, fc = counted(model.tiny.stem), counted(model.tiny.fc)
+    maps = {}
+
+    def run():
+        maps["ablation"] = LayerAblationCam(model, layer).attribute(
             x, target=TARGETS, attr_dim_summation=False, perturbations_per_eval=7
         )
-        assert stem.calls == 1 + math.ceil(2 * 12 / 7)  # every chunk re-ran the whole model
-        live = tail.activations.flatten(2).abs().sum(2) > 0
-        expected = ablation_brute_force(model, layer, x, TARGETS) * live
-        weights = implied_weights(maps, tail.activations)
-        torch.testing.assert_close(weights, expected, rtol=1e-9, atol=1e-12)
+
+    assert replay_warnings(run) == []
+    # The part before the layer ran once; the tail ran on the explained rows,
+    # then on 2 x 12 ablations in chunks of 7: a few forward passes' worth.
+    assert (stem.calls, stem.rows) == (1, 2)
+    assert (fc.calls, fc.rows) == (1 + math.ceil(2 * 12 / 7), 2 + 2 * 12)
+    a = layer_tail(model, layer, (x,), None, TARGETS, False).activations
+    live = a.flatten(2).abs().sum(2) > 0
+    expected = ablation_brute_force(model, layer, x, TARGETS) * live
+    torch.testing.assert_close(implied_weights(maps["ablation"], a), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_untraceable_models_are_re_run_whole_and_warn_once_with_the_reason():
+    torch.manual_seed(0)
+    model = randomise(DataDependent()).double().eval()
+    layer = model.tiny.layer4
+    x = make_images(n=2, size=16)
+    stem = counted(model.tiny.stem)
+    maps = {}
+
+    def run():
+        for _ in range(2):  # a second call, and another method, warn no more
+            maps["ablation"] = LayerAblationCam(model, layer).attribute(
+                x, target=TARGETS, attr_dim_summation=False, perturbations_per_eval=7
+            )
+        LayerLiftCam(model, layer).attribute(x, target=TARGETS)
+
+    stem.calls = 0
+    caught = replay_warnings(run)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "torch.fx cannot trace it" in message and "control flow" in message
+    assert "'tiny.layer4'" in message and "perturbations_per_eval" in message
+    assert caught[0].filename == __file__  # attributed to the caller's line
+    tail = layer_tail(model, layer, (x,), None, TARGETS, False)
+    assert isinstance(tail, ReplayedTail) and "torch.fx" in tail.reason
+    stem.calls = 0
+    LayerAblationCam(model, layer).attribute(x, target=TARGETS, perturbations_per_eval=7)
+    assert stem.calls == 1 + math.ceil(2 * 12 / 7)  # every chunk re-ran the whole model
+    live = tail.activations.flatten(2).abs().sum(2) > 0
+    expected = ablation_brute_force(model, layer, x, TARGETS) * live
+    weights = implied_weights(maps["ablation"], tail.activations)
+    torch.testing.assert_close(weights, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_a_batch_statistic_before_the_layer_falls_back_with_the_reason():
+    torch.manual_seed(0)
+    model = randomise(BatchMeanBeforeTheLayer()).double().eval()
+    layer = model.tiny.layer4
+    x = make_images(n=1, size=16)  # one example, one ablation per replay: exact
+    maps = {}
+
+    def run():
+        maps["ablation"] = LayerAblationCam(model, layer).attribute(
+            x, target=TARGETS[:1], attr_dim_summation=False, perturbations_per_eval=1
+        )
+
+    (caught,) = replay_warnings(run)
+    assert "no row per example" in str(caught.message)
+    assert "perturbations_per_eval=1" in str(caught.message)
+    a = layer_tail(model, layer, (x,), None, TARGETS[:1], False).activations
+    live = a.flatten(2).abs().sum(2) > 0
+    expected = ablation_brute_force(model, layer, x, TARGETS[:1]) * live
+    torch.testing.assert_close(implied_weights(maps["ablation"], a), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_hooks_on_the_model_itself_fall_back_with_the_reason():
+    model, layer = make_tiny()
+    model.register_forward_hook(lambda m, i, o: o * 2)
+    x = make_images(n=2, size=16)
+    (caught,) = replay_warnings(lambda: LayerAblationCam(model, layer).attribute(x, target=TARGETS))
+    assert "hooks" in str(caught.message)
+
+
+@pytest.mark.parametrize("wrap", ["softmax", "dict", "method"])
+def test_forward_functions_that_call_the_model_are_split(wrap):
+    model, layer = make_tiny()
+    if wrap == "softmax":
+        forward = lambda x_: model(x_).softmax(dim=1)  # noqa: E731
+    elif wrap == "dict":
+        outputs = DictOutputs(model)
+        forward = lambda x_: outputs(x_)["logits"]  # noqa: E731
+    else:
+        forward = model.__call__
+    x = make_images(n=2, size=16)
+    stem = counted(model.stem)
+    assert isinstance(layer_tail(forward, layer, (x,), None, TARGETS, False), TracedTail)
+    stem.calls = 0
+    maps = {}
+
+    def run():
+        maps["ablation"] = LayerAblationCam(forward, layer).attribute(
+            x, target=TARGETS, attr_dim_summation=False
+        )
+
+    assert replay_warnings(run) == []
+    assert stem.calls == 1
+    a = layer_tail(forward, layer, (x,), None, TARGETS, False).activations
+    live = a.flatten(2).abs().sum(2) > 0
+    expected = ablation_brute_force(forward, layer, x, TARGETS) * live
+    torch.testing.assert_close(implied_weights(maps["ablation"], a), expected, rtol=1e-9, atol=1e-12)
+
+
+class DictOutputs(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return {"logits": self.model(x), "features": x}
 
 
 def test_values_crossing_the_layer_are_replayed_per_example():

@@ -16,7 +16,12 @@ from torch.nn import DataParallel, Module
 
 from captum_xcam._core.layer_tail import LayerTail, layer_tail, single_record
 from captum_xcam._utils.layer_hooks import differentiable_from
-from captum_xcam._utils.model_state import model_of, modules_of, preserved_model_state
+from captum_xcam._utils.model_state import (
+    model_of,
+    modules_of,
+    preserved_model_state,
+    without_data_parallel,
+)
 from captum_xcam._utils.targets import scoring, select_target_scores
 from captum_xcam._utils.validation import check_inputs, check_layer, check_layer_tensor
 
@@ -37,6 +42,11 @@ class LayerCam(LayerAttribution):
     exactly as it was found (train/eval mode, buffers, ``.grad`` fields, hooks),
     also when an error is raised midway.
     """
+
+    #: Whether the method gathers a layer's tensors from the devices of a
+    #: forward function that applies ``DataParallel`` (``device_ids``); the
+    #: others take a ``DataParallel`` model itself as ``forward_func``.
+    _gathers_devices = False
 
     def __init__(
         self,
@@ -120,6 +130,7 @@ class LayerCam(LayerAttribution):
     ) -> Tensor:
         inputs = _format_tensor_into_tuples(inputs)
         check_inputs(inputs)
+        self._check_device_ids()
         args = _format_additional_forward_args(additional_forward_args)
         with preserved_model_state(modules_of(self.forward_func, self.layer)):
             activations, weights = self._activations_and_weights(
@@ -138,6 +149,18 @@ class LayerCam(LayerAttribution):
         r"""Returns the layer activations ``A`` (N, K, *spatial) and the channel
         weights ``w`` (N, K) of the method."""
         raise NotImplementedError
+
+    def _check_device_ids(self) -> None:
+        if not self.device_ids or self._gathers_devices:
+            return
+        if without_data_parallel(self.forward_func) is not self.forward_func:
+            return  # the DataParallel model itself: its module is hooked
+        raise ValueError(
+            f"{type(self).__name__} does not gather a layer's tensors across devices "
+            "(device_ids): its hooks must see the whole batch at once. Pass the "
+            "DataParallel model itself as forward_func (its module then holds the hooks), "
+            "or a forward function that does not apply DataParallel, without device_ids."
+        )
 
     @property
     def _model(self) -> Optional[Module]:
@@ -165,6 +188,8 @@ class GradientLayerCam(LayerCam, GradientAttribution):
     r"""A CAM whose channel weights are a function of the activations ``A``
     and of the gradient ``G`` of the target score with respect to them, both
     from one forward pass and a backward pass that stops at the layer."""
+
+    _gathers_devices = True
 
     def __init__(
         self,

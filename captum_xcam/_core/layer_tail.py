@@ -30,7 +30,7 @@ from captum_xcam._utils.graph_split import (
     split_at_layer,
 )
 from captum_xcam._utils.layer_hooks import captured, substituted
-from captum_xcam._utils.model_state import model_of
+from captum_xcam._utils.model_state import model_of, without_data_parallel
 from captum_xcam._utils.targets import TargetSelector, rows_of
 from captum_xcam._utils.user_warnings import warn
 from captum_xcam._utils.validation import check_layer_tensor
@@ -163,7 +163,9 @@ def layer_tail(
     (the model, its ``forward``, or a Python function that calls it) at the
     layer, with crossing values that have one row per example; else a
     :class:`ReplayedTail`, with a :class:`WholeModelReplayWarning` that names
-    the reason, once per layer."""
+    the reason, once per layer. A ``DataParallel`` model is split (or re-run)
+    as the module it wraps."""
+    forward_func = without_data_parallel(forward_func)
     model = model_of(forward_func)
     if model is not None and not (forward_func is model or forward_func == model.forward):
         model = None  # another method of the model: traced as a function
@@ -172,10 +174,18 @@ def layer_tail(
     if isinstance(split, GraphSplit):
         with torch.no_grad():
             head_values = split.head(*inputs, *(additional_forward_args or ()))
+        where = "input" if attribute_to_layer_input else "output"
+        value = head_values[0]
+        check_layer_tensor(tuple(value) if isinstance(value, (tuple, list)) else (value,), layer, where)
         problem = _replay_problem(split, head_values, len(inputs[0]))
         if problem is None:
             return TracedTail(split, head_values, target)
-        split = Unsplittable(problem, "compute it after the layer, or per example")
+        split = Unsplittable(
+            problem,
+            "compute that value per example; a model that mixes the examples of a batch gives "
+            "weights that depend on which rows share a replay unless it explains one example "
+            "at a time with perturbations_per_eval=1",
+        )
         discard_split(forward_func, model, layer, attribute_to_layer_input, split, num_args)
     _warn_whole_model(forward_func, layer, split)
     return ReplayedTail(
@@ -213,14 +223,11 @@ def _warn_whole_model(forward_func: Callable, layer: Module, why: Unsplittable) 
 
 def _replay_problem(split: GraphSplit, head_values: Tuple[object, ...], n: int) -> Optional[str]:
     r"""Why the tail could not be replayed on any rows, or None: the head must
-    give a layer tensor, tensors with one row per example for the values
-    computed before the layer, and tensors for the shapes read there (a batch
+    give tensors with one row per example for the values computed before the
+    layer, and tensors for the shapes read there (a batch
     mean computed before the layer, for instance, would be wrong for a replay
     of some rows)."""
-    layer_value, *crossing = head_values
-    if not isinstance(layer_value, Tensor) or layer_value.dim() < 3:
-        return "the layer's tensor is not a (N, K, *spatial) tensor"
-    for i, (value, kind) in enumerate(zip(crossing, split.kinds)):
+    for value, kind in zip(head_values[1:], split.kinds):
         if kind == ARGUMENT:
             continue
         if not isinstance(value, Tensor) or value.dim() == 0 or (kind == PER_ROW and len(value) != n):

@@ -12,6 +12,7 @@ from torch.nn import Module
 from captum_xcam._core.layer_cam import LayerCam
 from captum_xcam._core.layer_tail import layer_activations
 from captum_xcam._core.replay import replay_channels
+from captum_xcam._utils.model_state import without_data_parallel
 from captum_xcam._utils.targets import TargetSelector, rows_of
 
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -117,7 +118,7 @@ class LayerScoreCam(LayerCam, PerturbationAttribution):
         channel_softmax: bool = False,
     ) -> Tuple[Tensor, Tensor]:
         activations, _ = layer_activations(
-            self.forward_func, self.layer, inputs, additional_forward_args, attribute_to_layer_input
+            without_data_parallel(self.forward_func), self.layer, inputs, additional_forward_args, attribute_to_layer_input
         )
         spatial_dims = activations.dim() - 2
         masked = [x.dim() - 2 == spatial_dims for x in inputs]

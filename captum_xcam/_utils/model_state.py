@@ -3,7 +3,8 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, List, Optional
 
 import torch
-from torch.nn import Module
+from torch.nn import DataParallel, Module
+from torch.nn.parallel import DistributedDataParallel
 
 
 def modules_of(forward_func: Callable, layer: Module) -> List[Module]:
@@ -19,6 +20,18 @@ def model_of(forward_func: Callable) -> Optional[Module]:
         return forward_func
     owner = getattr(forward_func, "__self__", None)
     return owner if isinstance(owner, Module) else None
+
+
+def without_data_parallel(forward_func: Callable) -> Callable:
+    r"""The module inside a ``DataParallel`` (or ``DistributedDataParallel``)
+    model given as ``forward_func`` (or its ``forward``), else
+    ``forward_func``: hooks that must see the whole batch at once run there,
+    on the module's own device."""
+    model = model_of(forward_func)
+    wrapped = isinstance(model, (DataParallel, DistributedDataParallel))
+    if wrapped and (forward_func is model or forward_func == model.forward):
+        return model.module  # type: ignore[union-attr]
+    return forward_func
 
 
 @contextmanager
