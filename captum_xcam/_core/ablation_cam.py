@@ -35,10 +35,12 @@ class LayerAblationCam(LayerCam, PerturbationAttribution):
 
     Ablations are evaluated ``perturbations_per_eval`` at a time, in batches
     that may mix examples. Where ``torch.fx`` can split the model at the layer
-    (``forward_func`` is the model, or its ``forward``, and traceable), the part
-    before the layer runs once and only the part after it is replayed on the
-    ablated tensors; otherwise the whole model is re-run for each batch, with
-    the same results.
+    (``forward_func`` is the model, its ``forward``, or a Python function that
+    calls it, and traceable; batch sizes and shapes read before the layer are
+    fine), the part before the layer runs once and only the part after it is
+    replayed on the ablated tensors. Otherwise the whole model is re-run for
+    each batch, with the same results, and a
+    :class:`~captum_xcam.WholeModelReplayWarning` says why, once per layer.
     """
 
     def __init__(

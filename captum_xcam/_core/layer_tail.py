@@ -7,8 +7,9 @@ for the explained examples, their target scores, and the target scores for
 any replacement of the layer tensor. Where ``torch.fx`` can split the model
 at the layer, the part before the layer runs once and only the part after it
 is replayed (:class:`TracedTail`); elsewhere the whole model is re-run with
-the layer's tensor substituted (:class:`ReplayedTail`). Both give the same
-numbers.
+the layer's tensor substituted (:class:`ReplayedTail`), with a
+:class:`WholeModelReplayWarning` that names the reason once per layer. Both
+give the same numbers for models whose examples do not interact.
 """
 
 import weakref

@@ -41,20 +41,29 @@ class LayerLiftCam(LayerCam, GradientAttribution):
     pooling and one linear layer, they are the exact Shapley values of the
     channels.
 
-    Captum's DeepLift applies the Rescale rule to the nonlinear modules it
-    knows (ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus, max pooling,
-    Softmax) and the plain gradient to everything else, including functional
-    calls such as ``F.relu``. It needs every such module after the layer to be
-    called once per forward pass: explaining ``layer3`` of a torchvision
-    ResNet, whose blocks call one ReLU module three times, raises an error,
-    while the usual ``layer4`` works.
+    Captum's DeepLift alone applies the Rescale rule only to the nonlinear
+    modules it knows, needs each of them called once, and treats every other
+    operation as linear. Where ``torch.fx`` can split the model at the layer
+    (``forward_func`` is the model, its ``forward``, or a Python function that
+    calls it), DeepLift runs on a rewritten copy of the part after the layer
+    (never the user's model), in which every operation that depends on the
+    layer's tensor has an exact rule: a copy of a shared nonlinearity per
+    call, Rescale for functional and elementwise activations (SiLU, GELU,
+    Hardswish, ReLU6, Mish, ...), the Shapley split for products of two
+    layer-dependent tensors (gates, squeeze-excitation), and an exact rule for
+    LayerNorm (the table in :mod:`captum_xcam._utils.deeplift_rules`). The
+    weights are then complete at any layer: ResNet ``layer1``-``layer3``,
+    ConvNeXt stages, EfficientNet blocks. The part before the layer runs
+    once, and DeepLift (a forward pass of twice the batch and a backward pass)
+    runs on the part after it alone.
 
-    Where ``torch.fx`` can split the model at the layer (``forward_func`` is
-    the model, or its ``forward``, and traceable), the part before the layer
-    runs once and DeepLift (a forward pass of twice the batch and a backward
-    pass) runs on the part after it alone: about the cost of one forward pass
-    when the layer is near the output. Otherwise the activations take one
-    forward pass and DeepLift runs the whole model.
+    Completeness is measured on every call (one more pass of the part after
+    the layer): where an operation has no exact rule (softmax attention, an
+    unusual function, or a model that must be re-run whole, whose functions
+    cannot be rewritten), a :class:`LiftCompletenessWarning` gives the gap and
+    the operations left to the gradient. A model re-run whole with a
+    nonlinear module called more than once after the layer is refused with an
+    error that says why.
     """
 
     def __init__(
