@@ -26,8 +26,8 @@ def run_cli(*args, env=None, timeout=300):
     (tiny models; and the test process runs beside it), and no way to reach the
     network through urllib (an unreachable proxy): nothing can download."""
     environment = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
-                       http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
-                       **(env or {}))
+                       http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
+    environment.update(env or {})
     for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY", "HTTPS_PROXY"):
         environment.pop(name, None)
     return subprocess.run([sys.executable, "-m", "captum_xcam", *map(str, args)], cwd=ROOT,
@@ -260,6 +260,203 @@ def test_no_cuda_is_a_clear_error(files, tmp_path, capsys):
     assert main(["explain", str(files["folder"]), "--device", "cuda", "--out",
                  str(tmp_path / "out")]) == 1
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+TESTS = Path(__file__).resolve().parent
+WITH_BUILDERS = {"PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}  # tests/cli_builders.py
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    r"""Checkpoints of a timm model (random weights, ImageNet's 1000 classes) and
+    of a builder's model of tests/cli_builders.py (10 classes)."""
+    timm = pytest.importorskip("timm")
+    import cli_builders
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    mobilenet = timm.create_model("mobilenetv3_small_050", pretrained=False).eval()
+    torch.save(mobilenet.state_dict(), root / "mobilenet.pt")
+    small = cli_builders.small_net(num_classes=10).eval()
+    torch.save({"model": small.state_dict()}, root / "small.pt")
+    return {"mobilenet": mobilenet, "mobilenet_file": root / "mobilenet.pt",
+            "small": small, "small_file": root / "small.pt"}
+
+
+@pytest.fixture
+def one_thread():
+    r"""In-process runs of small models on shared cores: one thread, as run_cli's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def predictions(model, preprocessing, image):
+    from captum_xcam.data import read_image
+
+    x = preprocessing.normalize(preprocessing.crop(read_image(image))).unsqueeze(0)
+    with torch.no_grad():
+        return model(x).softmax(1)[0]
+
+
+def test_explain_a_timm_model_with_random_weights_at_its_derived_layer(files, tmp_path):
+    out = tmp_path / "out"
+    done = run_cli("explain", files["folder"] / "a.png", "--model", "timm/mobilenetv3_small_050",
+                   "--weights", "none", "--methods", "xgradcam", "--image-size", "64",
+                   "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "random weights" in done.stderr and "meaningless" in done.stderr
+    report = json.loads((out / "explanations.json").read_text())
+    config = report["config"]
+    assert (config["model"], config["weights"], config["layer"], config["image_size"]) == (
+        "timm/mobilenetv3_small_050", None, "blocks", 64)
+    assert [r["target_name"] for r in report["explanations"]] == [""]  # no weights, no names
+    assert_opens_as_image(out / "a.png", min_width=200)
+
+
+def test_explain_a_timm_checkpoint_with_timms_preprocessing_and_class_names(
+        files, model_files, tmp_path):
+    from captum_xcam.models import timm_preprocessing
+
+    out = tmp_path / "out"
+    caches = {"HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    image = files["folder"] / "b.jpg"
+    done = run_cli("explain", image, "--model", "timm/mobilenetv3_small_050",
+                   "--checkpoint", model_files["mobilenet_file"], "--weights", "DEFAULT",
+                   "--target", "Goldfish", "--methods", "xgradcam", "--image-size", "64",
+                   "--out", out, "--quiet", env=caches)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "warning" not in done.stderr
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "torch").exists()
+    report = json.loads((out / "explanations.json").read_text())
+    assert report["config"]["weights"] == "timm:mobilenetv3_small_050.lamb_in1k"
+    [row] = report["explanations"]
+    assert (row["target"], row["target_name"]) == (1, "goldfish")
+    # The checkpoint's model on timm's preprocessing (bicubic, crop_pct 0.875) made it.
+    probabilities = predictions(model_files["mobilenet"],
+                                timm_preprocessing("mobilenetv3_small_050", 64), image)
+    assert row["predicted"] == int(probabilities.argmax())
+    assert row["score"] == pytest.approx(float(probabilities[1]), abs=1e-5)
+
+
+def test_timm_default_weights_offline_fail_fast_in_one_line(files, tmp_path):
+    out = tmp_path / "out"
+    hf_home = tmp_path / "hf"
+    done = run_cli("explain", files["folder"], "--model", "timm/mobilenetv3_small_050",
+                   "--methods", "xgradcam", "--out", out,
+                   env={"HF_HOME": str(hf_home), "TORCH_HOME": str(tmp_path / "torch")},
+                   timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("captum-xcam: error: "), lines
+    assert "Cannot download timm's weights mobilenetv3_small_050.lamb_in1k" in lines[0]
+    assert str(hf_home / "hub") in lines[0] and "HF_HOME" in lines[0]
+    assert "--checkpoint FILE --weights DEFAULT" in lines[0] and "--weights none" in lines[0]
+    assert_nothing_written(out)
+
+
+def test_explain_a_builders_model_from_its_checkpoint(files, model_files, tmp_path, capsys,
+                                                      monkeypatch, one_thread):
+    from captum_xcam.cli import main
+    from captum_xcam.models import Preprocessing
+
+    out = tmp_path / "out"
+    image = files["folder"] / "a.png"
+    done = run_cli("explain", image, "--model", "cli_builders:small_net", "--num-classes", "10",
+                   "--checkpoint", model_files["small_file"], "--layer", "0",
+                   "--methods", "xgradcam,gradcampp", "--target", "3", "--image-size", "48",
+                   "--out", out, "--quiet", env=WITH_BUILDERS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "warning" not in done.stderr
+    report = json.loads((out / "explanations.json").read_text())
+    assert (report["config"]["layer"], report["config"]["weights"]) == ("0", None)
+    probabilities = predictions(model_files["small"], Preprocessing.for_weights(None, 48), image)
+    for row in report["explanations"]:
+        assert row["predicted"] == int(probabilities.argmax()) and row["target"] == 3
+        assert row["score"] == pytest.approx(float(probabilities[3]), abs=1e-5)
+    # In-process: a builder whose model is a timm model gets the timm rule's layer.
+    monkeypatch.syspath_prepend(str(TESTS))
+    assert main(["explain", str(image), "--model", "cli_builders:timm_net", "--methods",
+                 "xgradcam", "--image-size", "32", "--out", str(tmp_path / "timm"),
+                 "--quiet"]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "timm" / "explanations.json").read_text())
+    assert report["config"]["layer"] == "layer4"
+
+
+# Wrong --model and --weights for timm names and builders, run in-process.
+MODEL_BAD_INPUTS = {
+    "unknown timm model": (["--model", "timm/resnet500"], "did you mean timm/resnet50"),
+    "unknown timm tag": (["--model", "timm/resnet18.in9k"], "the tags of resnet18 are"),
+    "torchvision weights for timm": (["--model", "timm/resnet18", "--weights", "IMAGENET1K_V1"],
+                                     "timm models take --weights DEFAULT"),
+    "builder module missing": (["--model", "nowhere_at_all:build"],
+                               "Cannot import nowhere_at_all"),
+    "builder module fails": (["--model", "failing_module:build"],
+                             "Importing failing_module for --model failing_module:build "
+                             "failed: ZeroDivisionError"),
+    "builder syntax": (["--model", "cli_builders:"], "package.module:function"),
+    "builder missing": (["--model", "cli_builders:smal_net"], "did you mean small_net"),
+    "builder not callable": (["--model", "cli_builders:NUMBER"], "not callable (an object of type int)"),
+    "builder raising": (["--model", "cli_builders:broken"],
+                        "cli_builders:broken() raised RuntimeError: the weights server"),
+    "builder without num_classes": (["--model", "cli_builders:no_options", "--num-classes", "3"],
+                                    "unexpected keyword argument 'num_classes'"),
+    "builder not returning a module": (["--model", "cli_builders:not_a_module"],
+                                       "returned a dict, not a torch.nn.Module"),
+    "builder with weights": (["--model", "cli_builders:small_net", "--weights", "DEFAULT"],
+                             "--weights is for torchvision and timm models"),
+    "builder without layer": (["--model", "cli_builders:small_net"],
+                              "no default CAM layer (only timm models do); name one with "
+                              "--layer"),
+    "builder checkpoint of another model": (
+        ["--model", "cli_builders:small_net", "--layer", "0", "--checkpoint", "{checkpoint}"],
+        "not a state dict of cli_builders:small_net"),
+    "image too small for the model": (["--model", "timm/inception_v3", "--weights", "none",
+                                       "--image-size", "24"],
+                                      "fails on an input of shape (1, 3, 24, 24) (RuntimeError"),
+    "timm model without a feature map": (["--model", "timm/test_vit", "--weights", "none"],
+                                         "not a (N, C, h, w) feature map; name a layer with "
+                                         "--layer."),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_BAD_INPUTS))
+def test_bad_model_in_process(case, files, tmp_path, capsys, monkeypatch, one_thread):
+    pytest.importorskip("timm")
+    from captum_xcam.cli import main
+
+    (tmp_path / "failing_module.py").write_text("1 / 0\n")
+    monkeypatch.chdir(tmp_path)  # builders come from the current folder, or the path:
+    monkeypatch.syspath_prepend(str(TESTS))
+    arguments, message = MODEL_BAD_INPUTS[case]
+    arguments = [a.format(**files) for a in arguments]
+    if "--image-size" not in arguments:
+        arguments += ["--image-size", "32"]
+    out = tmp_path / "out"
+    assert main(["explain", str(files["folder"]), *arguments, "--methods", "xgradcam",
+                 "--out", str(out), "--quiet"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and lines[-1].startswith("captum-xcam: error: "), lines
+    assert all("warning" in line for line in lines[:-1]), lines  # random weights, at most
+    assert message in lines[-1]
+    assert_nothing_written(out)
+
+
+def test_without_timm_the_package_works_and_timm_names_say_how_to_install(files, tmp_path):
+    r"""timm blocked in a fresh interpreter: importing the package and the command
+    line needs no timm; a timm name is a one-line error."""
+    code = ("import sys; sys.modules['timm'] = None; import captum_xcam, captum_xcam.models; "
+            "from captum_xcam.cli import main; sys.exit(main(sys.argv[1:]))")
+    environment = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", code, "explain", str(files["folder"]),
+                           "--model", "timm/resnet18", "--out", str(tmp_path / "out")],
+                          cwd=ROOT, env=environment, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "captum-xcam: error: timm models need the timm package: pip install timm "
+        "(or pip install 'captum-xcam[dev]')."]
 
 
 def test_checkpoints_are_never_unpickled(files, tmp_path):

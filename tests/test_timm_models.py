@@ -16,6 +16,16 @@ from captum_xcam.models import (
     timm_preprocessing,
 )
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    r"""Small models on shared cores: one thread is faster than several that
+    wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # The module the rule picks, one model per kind of ending of forward_features.
 TIMM_LAYERS = {
     "resnet18": "layer4",                  # the last stage (not its last block)

@@ -21,6 +21,7 @@ from captum_xcam.cli.model_sources import model_source
 from captum_xcam.cli.output import staged_output, unique_stems, write_csv, write_json
 from captum_xcam.data import find_images, read_image
 from captum_xcam.models import Preprocessing
+from captum_xcam.models.torchvision_models import _first_line
 from captum_xcam.visualization import visualize_attributions
 
 
@@ -119,13 +120,14 @@ def prepare(args: argparse.Namespace) -> Job:
               "its explanations are meaningless.", file=sys.stderr)
     model = model.to(device)
     first = preprocessing.normalize(crops[0]).unsqueeze(0).to(device)
-    if layer_name is None:
-        try:
-            layer_name = source.find_layer(model, first)
-        except ValueError as error:
-            raise CliError(str(error)) from None
-    layer = _layer(model, layer_name, args.model)
-    num_outputs = _check_shapes(model, layer, layer_name, first, args.model)
+    try:
+        layer_name = layer_name or source.find_layer(model, first)
+        layer = _layer(model, layer_name, args.model)
+        num_outputs = _check_shapes(model, layer, layer_name, first, args.model)
+    except (RuntimeError, AssertionError) as error:  # the model's own checks of its input
+        raise CliError(f"{args.model} fails on an input of shape {tuple(first.shape)} "
+                       f"({type(error).__name__}: {_first_line(error)}); another "
+                       "--image-size may suit it.") from None
     categories = source.categories(num_outputs)
     target = resolve_target(args.target, categories, num_outputs)
     return Job(files, crops, model, layer, layer_name, preprocessing, categories, target,

@@ -32,6 +32,7 @@ from captum_xcam.models import (
     load_timm_model,
     timm_cam_layer,
     timm_preprocessing,
+    timm_weights_name,
 )
 from captum_xcam.models.timm_models import TIMM_PREFIX
 from captum_xcam.models.torchvision_models import _first_line, _load_into
@@ -142,7 +143,7 @@ class TimmSource(ModelSource):
                 f"goes in the name, as in {TIMM_PREFIX}resnet50.a1_in1k) or none, not "
                 f"{weights_name!r}.")
         self.pretrained = weights_name.lower() == "default"
-        self.weights_label = f"timm:{self.name}" if self.pretrained else None
+        self.weights_label = f"timm:{timm_weights_name(self.name)}" if self.pretrained else None
         self.random_weights = not self.pretrained and checkpoint is None
 
     def preprocessing(self, crop_size: Optional[int]) -> Preprocessing:
@@ -161,7 +162,7 @@ class TimmSource(ModelSource):
             ) from None
 
     def find_layer(self, model: nn.Module, inputs: Tensor) -> str:
-        return timm_cam_layer(model, inputs)
+        return _timm_layer(model, inputs)
 
     def categories(self, num_outputs: int) -> Optional[Sequence[str]]:
         return imagenet_class_names(num_outputs) if self.pretrained else None
@@ -197,11 +198,18 @@ class BuilderSource(ModelSource):
 
     def find_layer(self, model: nn.Module, inputs: Tensor) -> str:
         if is_timm_model(model):
-            return timm_cam_layer(model, inputs)
+            return _timm_layer(model, inputs)
         children = ", ".join(name for name, _ in model.named_children()) or "none"
         raise CliError(f"{self.label} builds a {type(model).__name__}, which has no default "
                        f"CAM layer (only timm models do); name one with --layer (its top-level "
                        f"layers: {children}; dotted names reach nested ones).")
+
+
+def _timm_layer(model: nn.Module, inputs: Tensor) -> str:
+    try:
+        return timm_cam_layer(model, inputs)
+    except ValueError as error:  # "...; name a layer."
+        raise CliError(f"{str(error).rstrip('.')} with --layer.") from None
 
 
 @contextmanager
@@ -246,6 +254,6 @@ def _import_builder(spec: str) -> Callable[..., Any]:
                              f"{spec}){hint}")
         builder = getattr(builder, part)
     if not callable(builder):
-        raise ValueError(f"--model {spec}: {attribute} is a {type(builder).__name__}, not a "
-                         "function that builds a model.")
+        raise ValueError(f"--model {spec}: {attribute} is not callable (an object of type "
+                         f"{type(builder).__name__}); name a function that returns the model.")
     return builder

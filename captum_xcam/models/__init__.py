@@ -10,6 +10,7 @@ from captum_xcam.models.timm_models import (
     load_timm_model,
     timm_cam_layer,
     timm_preprocessing,
+    timm_weights_name,
 )
 from captum_xcam.models.torchvision_models import (
     Preprocessing,
@@ -42,5 +43,6 @@ __all__ = [
     "load_timm_model",
     "timm_cam_layer",
     "timm_preprocessing",
+    "timm_weights_name",
     "weights_file",
 ]

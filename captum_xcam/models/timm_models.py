@@ -105,6 +105,13 @@ def check_timm_name(name: str) -> None:
                              f"{choices}.")
 
 
+def timm_weights_name(name: str) -> str:
+    r"""The name with the tag of the weights ``pretrained=True`` loads:
+    ``resnet18`` -> ``resnet18.a1_in1k``; a tagged name as it is."""
+    cfg = _pretrained_cfg(name)
+    return f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else name
+
+
 def _pretrained_cfg(name: str) -> Dict[str, Any]:
     r"""The pretrained config of a timm name (the architecture's default tag
     unless the name has one), without building the model."""
@@ -184,7 +191,7 @@ def _check_hub_reachable(name: str) -> None:
 
 def _weights_unavailable(name: str, cause: BaseException) -> TimmWeightsUnavailableError:
     cfg = _pretrained_cfg(name)
-    tagged = f"{cfg.get('architecture', name)}.{cfg['tag']}" if cfg.get("tag") else name
+    tagged = timm_weights_name(name)
     if cfg.get("hf_hub_id"):
         try:
             from huggingface_hub.constants import HF_HUB_CACHE
@@ -277,7 +284,7 @@ def timm_cam_layer(model: nn.Module, inputs: Optional[Tensor] = None) -> str:
     forward_features = getattr(model, "forward_features", None)
     if not callable(forward_features):
         raise ValueError(f"{type(model).__name__} has no forward_features method, so it has "
-                         "no timm CAM layer; name the layer to explain.")
+                         "no timm CAM layer; name a layer.")
     if inputs is None:
         inputs = _example_input(model)
     seen: List[Tuple[str, Tensor, int]] = []
@@ -308,7 +315,7 @@ def timm_cam_layer(model: nn.Module, inputs: Optional[Tensor] = None) -> str:
     if channels and features.shape[1] != channels and features.shape[-1] == channels:
         raise ValueError(f"No default CAM layer for {what}: its features are channels-last "
                          f"{tuple(features.shape)}, and CAMs need a (N, C, h, w) layer "
-                         "output; name one.")
+                         "output; name a layer.")
     for name, output, version in reversed(seen):
         if output is features and version == features._version and calls[name] == 1:
             return name
