@@ -92,20 +92,22 @@ def _len(obj: object) -> object:
 
 @contextmanager
 def _traceable_len(root: Module) -> Iterator[None]:
-    r"""While tracing, ``len`` in the modules' source files records a graph
-    node (torch.fx's own ``fx.wrap("len")``, done for the user)."""
+    r"""While tracing, ``len`` in the source files of the traced code records
+    a graph node (what ``fx.wrap("len")`` in those files would do)."""
+    functions = [type(m).forward for m in root.modules()]
+    functions.append(getattr(root, "forward_func", None))  # a _CalledModel's function
     patched: List[dict] = []
-    for m in root.modules():
-        forward = getattr(type(m).forward, "__globals__", None)
-        if forward is not None and "len" not in forward and all(g is not forward for g in patched):
-            forward["len"] = _len
-            patched.append(forward)
+    for fn in functions:
+        namespace = getattr(fn, "__globals__", None)
+        if namespace is not None and "len" not in namespace:
+            namespace["len"] = _len
+            patched.append(namespace)
     try:
         yield
     finally:
-        for g in patched:
-            if g.get("len") is _len:
-                del g["len"]
+        for namespace in patched:
+            if namespace.get("len") is _len:
+                del namespace["len"]
 
 
 class _CalledModel(Module):
