@@ -136,9 +136,16 @@ def test_rule_skips_modified_outputs_shared_modules_and_identities():
             timm_cam_layer(Endings(ending).eval(), x)
     with pytest.raises(ValueError, match="no forward_features"):
         timm_cam_layer(nn.Conv2d(3, 4, 3), x)
-    model = Endings("inplace")
+    model = nn.Sequential(nn.BatchNorm2d(3))  # left as found: mode, statistics, hooks
+    model.forward_features = model.forward
+    model[0].eval()
+    assert timm_cam_layer(model, x) == "0"
+    assert model.training and not model[0].training
+    assert not any(m._forward_hooks for m in model.modules())
+    assert torch.equal(model[0].running_mean, torch.zeros(3))
+    model.train()
     timm_cam_layer(model, x)
-    assert not any(m._forward_hooks for m in model.modules())  # hooks removed
+    assert model[0].training and int(model[0].num_batches_tracked) == 0
 
 
 def test_names_and_tags():

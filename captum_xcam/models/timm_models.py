@@ -269,15 +269,17 @@ def timm_cam_layer(model: nn.Module, inputs: Optional[Tensor] = None) -> str:
     The result depends on the model's structure only, not on its weights.
 
     Args:
-        model (nn.Module): A timm model (one with ``forward_features``), in
-                    eval mode so that the run changes no buffers.
+        model (nn.Module): A timm model (one with ``forward_features``). It
+                    runs in eval mode, and is left as found (modes, buffers,
+                    no hooks).
         inputs (Tensor, optional): A batch for the run. Default: None (one
                     image of the model's default input size, from a seeded
                     generator)
 
     Raises:
         ValueError: when ``forward_features`` does not return a (N, C, h, w)
-                    map (vision transformers' tokens, channels-last maps) or
+                    map (vision transformers' tokens; channels-last maps,
+                    whose last dimension is ``model.num_features``) or
                     no module outputs it (a function computes it after the
                     last module); name a layer then.
     """
@@ -297,14 +299,18 @@ def timm_cam_layer(model: nn.Module, inputs: Optional[Tensor] = None) -> str:
                 seen.append((name, output, output._version))
         return hook
 
+    modes = [(module, module.training) for module in model.modules()]
     handles = [module.register_forward_hook(record(name))
                for name, module in model.named_modules() if name]
     try:
+        model.eval()  # no batch-norm statistics updated, whatever the mode
         with torch.no_grad():
             features = forward_features(inputs)
     finally:
         for handle in handles:
             handle.remove()
+        for module, training in modes:
+            module.training = training
     what = type(model).__name__
     if not isinstance(features, Tensor) or features.dim() != 4:
         shape = (f"a tensor of shape {tuple(features.shape)}" if isinstance(features, Tensor)
