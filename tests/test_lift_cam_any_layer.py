@@ -85,7 +85,7 @@ class FunctionalTail(nn.Module):
         h = self.silu(self.conv(h)) + h * torch.sigmoid(h)
         scale = torch.sigmoid(self.se(h.mean((2, 3))))[:, :, None, None]
         h = F.gelu(h * scale) + self.hardswish(h).relu()
-        z = self.gelu(self.fc1(h.amax((2, 3)) if False else h.mean((2, 3))))
+        z = self.gelu(self.fc1(h.mean((2, 3))))
         z = z / (1 + F.relu6(z).abs()) + F.silu(z)
         return self.fc2(F.layer_norm(z, (8,)))
 
