@@ -697,10 +697,26 @@ def table(rows: List[dict]) -> List[str]:
     return lines
 
 
+def warning_lines(rows: List[dict]) -> List[str]:
+    r"""Each distinct warning (class and first line) with the cases it came from."""
+    seen: Dict[Tuple[str, str], List[str]] = {}
+    for r in rows:
+        for w in r.get("warnings", []):
+            cases = seen.setdefault((w["category"], w["message"]), [])
+            if r["case"] not in cases:
+                cases.append(r["case"])
+    return [f"- {category}: {message} ({len(cases)} case(s): {', '.join(cases[:5])}"
+            + (", ..." if len(cases) > 5 else "") + ")"
+            for (category, message), cases in seen.items()]
+
+
 def markdown(rows: List[dict], env: Dict[str, str], command: str) -> str:
     lines = ["# Model-zoo conformance", "", f"`{command}`", "",
              "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()) + ".", "",
              "## Summary", "", *summary(rows), "", "## Cases", "", *table(rows), "", FOOTNOTE]
+    warned = warning_lines(rows)
+    if warned:
+        lines += ["", "## Warnings", "", *warned]
     return "\n".join(lines) + "\n"
 
 
