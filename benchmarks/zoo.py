@@ -481,17 +481,21 @@ def recorded_warnings(into: List[dict], step: str) -> Iterator[None]:
 
 
 def check_case(case: Case) -> dict:
-    r"""Runs every method on ``case`` and its references; returns the row
-    (see :func:`markdown` for what each field means)."""
+    r"""Runs every method on ``case`` and its references; returns the row:
+    ``status`` ("correct", "incorrect", "no layer" or "error", with a
+    ``note``), ``layer``, ``dtype``, ``images``, ``channels``, ``path`` ("tail
+    only" or "whole model") with ``reason``, ``forward_seconds``, ``methods``
+    (per method: ``error``, ``tolerance``, ``correct``, ``compared``,
+    ``seconds``, ``forward_passes``, ``head_runs``: runs of the model's first
+    module per call, or ``exception``), ``model_as_found`` with ``changes``,
+    ``warnings`` (step, category, first line) and ``layer_effect``."""
     row = {"case": case.name, "source": case.source, "model": case.model, "size": case.size}
     start = time.perf_counter()
     try:
-        model, forward, layer_name = build(case)
+        model, forward, row["layer"] = build(case)
+        _check(case, model, forward, model.get_submodule(row["layer"]), row)
     except NoCamLayer as error:
         return {**row, "status": "no layer", "note": str(error)}
-    row["layer"] = layer_name
-    try:
-        _check(case, model, forward, model.get_submodule(layer_name), row)
     except Exception as error:  # a case that cannot run at all: say why, go on
         row.update(status="error", note=f"{type(error).__name__}: {_first_line(error)}")
     row["seconds"] = time.perf_counter() - start
