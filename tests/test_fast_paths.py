@@ -431,3 +431,13 @@ def test_host_synchronisations_do_not_grow_with_the_chunks(cam_class, target, mo
         counts.append(syncs.count)
         monkeypatch.undo()
     assert counts[0] == counts[1]
+
+
+def test_score_cam_with_every_channel_constant_replays_nothing():
+    # A 1x1 layer map (a small input) makes every channel constant: all
+    # weights are known to be 0 and no masked input is built.
+    model, layer = make_tiny()
+    spy = Spy(model)
+    maps = LayerScoreCam(spy, layer).attribute(make_images(n=2, size=3), target=TARGETS)
+    assert len(spy.batches) == 2  # the explained examples and the reference only
+    assert maps.abs().max() == 0

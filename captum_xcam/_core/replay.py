@@ -37,7 +37,8 @@ def replay_channels(
     if skip is not None:
         pairs = pairs[~skip.reshape(-1).to(device)]
     values: Optional[Tensor] = None
-    chunks = pairs.split(perturbations_per_eval)
+    # An empty tensor still splits into one (empty) chunk: evaluate none.
+    chunks = pairs.split(perturbations_per_eval) if len(pairs) else ()
     bar = progress(total=len(pairs), desc=desc, disable=not show_progress)
     try:
         for chunk in chunks:
