@@ -6,6 +6,8 @@ cost and whether the model was left as found.
     python benchmarks/zoo.py --quick               # the subset tests/test_zoo.py runs
     python benchmarks/zoo.py --cases resnet18,hand-written --out /tmp/zoo
     python benchmarks/zoo.py --list                # the case names
+    python benchmarks/zoo.py --shard 1/2 --out /tmp/z1 & python benchmarks/zoo.py --shard 2/2 \
+        --out /tmp/z2; wait; python benchmarks/zoo.py --merge /tmp/z1 /tmp/z2
 
 Cases: every torchvision classification model at ``default_cam_layer(name)``
 (the vision transformers, which have none, get a row saying why), the inner
@@ -140,6 +142,10 @@ TIMM_MODELS = (
     "ese_vovnet19b_dw", "hgnetv2_b0", "selecsls42b", "inception_v3", "mobilevit_xxs",
 )
 TIMM_SIZES = {"inception_v3": 128, "selecsls42b": 128}
+# Third-party model code as published (pip install efficientnet_pytorch): the
+# package whose `bs = inputs.size(0)` idiom once cost a whole forward pass per
+# channel. Its default memory-efficient swish is an autograd Function.
+THIRD_PARTY = ("efficientnet-b0",)
 # The subset that tests/test_zoo.py runs: every idiom, ResNet inner blocks,
 # ConvNeXt's last stage (torchvision and timm), and CNNs of other families.
 QUICK = (
@@ -164,6 +170,7 @@ def all_cases() -> List[Case]:
     cases += [Case("torchvision", name, layer) for name, layer in RESNET_INNER_BLOCKS]
     cases += [Case("timm", name, size=TIMM_SIZES.get(name, 64)) for name in TIMM_MODELS]
     cases += [Case("hand-written", name, size=zoo.size) for name, zoo in HAND_WRITTEN.items()]
+    cases += [Case("efficientnet_pytorch", name, "_bn1") for name in THIRD_PARTY]
     return cases
 
 
@@ -226,6 +233,11 @@ def build(case: Case) -> Tuple[nn.Module, Callable, str]:
         import timm
 
         model = timm.create_model(case.model, pretrained=False, num_classes=NUM_CLASSES)
+        layer, forward_of = case.layer, None
+    elif case.source == "efficientnet_pytorch":
+        from efficientnet_pytorch import EfficientNet
+
+        model = EfficientNet.from_name(case.model, num_classes=NUM_CLASSES)
         layer, forward_of = case.layer, None
     else:
         zoo = HAND_WRITTEN[case.model]
@@ -755,7 +767,17 @@ def selected(args: argparse.Namespace) -> List[Case]:
     if args.cases:
         wanted = args.cases.split(",")
         cases = [c for c in cases if any(w in c.name for w in wanted)]
-    return cases
+    index, count = (int(n) for n in args.shard.split("/"))
+    return cases[index - 1::count]
+
+
+def merged(folders: Sequence[Path]) -> Tuple[Dict[str, str], List[dict], str]:
+    r"""The environment, rows (in case order) and commands of shard runs."""
+    runs = [json.loads((folder / "zoo.json").read_text()) for folder in folders]
+    order = {case.name: i for i, case in enumerate(all_cases())}
+    rows = sorted((r for run in runs for r in run["rows"]),
+                  key=lambda r: order.get(r["case"], len(order)))
+    return runs[0]["environment"], rows, " & ".join(run["command"] for run in runs)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -767,11 +789,19 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--list", action="store_true", help="print the case names and stop")
+    parser.add_argument("--shard", default="1/1", metavar="I/N",
+                        help="every N-th case from the I-th, for N processes (default 1/1)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="FOLDER",
+                        help="write --out from the zoo.json of shard runs, and stop")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
+    if args.merge:
+        env, rows, command = merged(args.merge)
+        write(rows, env, args.out, command)
+        return
     cases = selected(args)
     if args.list:
         print("\n".join(c.name for c in cases))
