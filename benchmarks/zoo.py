@@ -372,7 +372,11 @@ def score_cam_weight(forward, x, targets, ref: Reference, n: int, k: int) -> flo
     up = F.interpolate(ref.A[n, k][None, None], size=x.shape[2:], mode="bilinear",
                        align_corners=False)[0, 0]
     low, high = up.min(), up.max()
-    mask = (up - low) / (high - low) if high > low else torch.zeros_like(up)
+    # A constant map upsamples to a constant, whose mask is zero: test the map
+    # itself, since bilinear interpolation of a 1x1 map varies by rounding
+    # (1e-16), which min-max normalisation would blow up into a noise mask.
+    constant = bool(ref.A[n, k].max() == ref.A[n, k].min())
+    mask = torch.zeros_like(up) if constant or high == low else (up - low) / (high - low)
     with torch.no_grad():
         masked = forward(x[n:n + 1] * mask)[0, targets[n]]
         baseline = forward(torch.zeros_like(x[n:n + 1]))[0, targets[n]]
