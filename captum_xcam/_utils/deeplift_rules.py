@@ -134,12 +134,10 @@ class _Rescale(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         with torch.enable_grad():
             leaf = x.detach().requires_grad_()
-            (plain,) = torch.autograd.grad(ctx.fn(leaf.clone()), leaf, grad)
-        actual, reference = _halves(x)
-        delta = _twice(actual - reference)
-        with torch.no_grad():
-            out = ctx.fn(x.clone())
-        delta_out = _twice(torch.sub(*_halves(out)))
+            out = ctx.fn(leaf.clone())
+            (plain,) = torch.autograd.grad(out, leaf, grad)
+        delta = _twice(torch.sub(*_halves(x)))
+        delta_out = _twice(torch.sub(*_halves(out.detach())))
         small = delta.abs() < ctx.eps
         rescaled = grad * delta_out / torch.where(small, torch.ones_like(delta), delta)
         return torch.where(small, plain, rescaled), None, None
