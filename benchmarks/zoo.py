@@ -94,8 +94,8 @@ METHODS = {
 TOLERANCE = {torch.float64: 1e-7, torch.float32: 1e-3}
 LIFT_TOLERANCE = {torch.float64: 1e-4, torch.float32: 1e-3}
 SAMPLED_CHANNELS = 3  # per image, for Ablation-CAM and Score-CAM
-FLOAT64_WORK = 1000  # GFLOP of Score-CAM's forward passes (channels x images x forward)
-TWO_IMAGE_WORK = 250  # GFLOP per image
+FLOAT64_WORK = 100  # GFLOP of Score-CAM's forward passes (channels x images x forward)
+TWO_IMAGE_WORK = 50  # GFLOP per image
 WEAK_EFFECT = 1e-3  # see layer_effect
 HOOK_DICTS = (
     "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -771,13 +771,20 @@ def selected(args: argparse.Namespace) -> List[Case]:
     if args.cases:
         wanted = args.cases.split(",")
         cases = [c for c in cases if any(w in c.name for w in wanted)]
+    done = {r["case"] for folder in args.skip or () for r in _rows_in(folder)}
     index, count = (int(n) for n in args.shard.split("/"))
-    return cases[index - 1::count]
+    return [c for c in cases if c.name not in done][index - 1::count]
+
+
+def _rows_in(folder: Path) -> List[dict]:
+    file = folder / "zoo.json"
+    return json.loads(file.read_text())["rows"] if file.exists() else []
 
 
 def merged(folders: Sequence[Path]) -> Tuple[Dict[str, str], List[dict], str]:
     r"""The environment, rows (in case order) and commands of shard runs."""
-    runs = [json.loads((folder / "zoo.json").read_text()) for folder in folders]
+    runs = [json.loads((folder / "zoo.json").read_text()) for folder in folders
+            if (folder / "zoo.json").exists()]
     order = {case.name: i for i, case in enumerate(all_cases())}
     rows = sorted((r for run in runs for r in run["rows"]),
                   key=lambda r: order.get(r["case"], len(order)))
@@ -795,6 +802,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="print the case names and stop")
     parser.add_argument("--shard", default="1/1", metavar="I/N",
                         help="every N-th case from the I-th, for N processes (default 1/1)")
+    parser.add_argument("--skip", type=Path, nargs="+", metavar="FOLDER",
+                        help="leave out the cases already in these folders' zoo.json")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="FOLDER",
                         help="write --out from the zoo.json of shard runs, and stop")
     return parser.parse_args(argv)
