@@ -14,9 +14,18 @@ WHOLE_MODEL = {"hand-written/data_dependent_branch"}  # untraceable: must fall b
 FAST_PATH_WARNINGS = {"WholeModelReplayWarning", "LiftCompletenessWarning"}
 
 
-@pytest.fixture(scope="module", params=[case.name for case in zoo.QUICK])
-def row(request):
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    r"""Small models: one thread is faster than two that wait for each other;
+    the later tests get the threads back."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=[case.name for case in zoo.QUICK])
+def row(request, one_thread):
     return zoo.check_case(zoo.case_named(request.param))
 
 
