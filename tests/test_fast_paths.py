@@ -441,3 +441,32 @@ def test_score_cam_with_every_channel_constant_replays_nothing():
     maps = LayerScoreCam(spy, layer).attribute(make_images(n=2, size=3), target=TARGETS)
     assert len(spy.batches) == 2  # the explained examples and the reference only
     assert maps.abs().max() == 0
+
+
+class TensorConstant(nn.Module):
+    r"""Creates a tensor in forward: torch.fx stores such constants on the
+    root it traces (``_tensor_constant0``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tiny = make_tiny()[0]
+
+    def forward(self, x):
+        t = self.tiny
+        a = t.layer4(t.stem(x))
+        return t.fc(torch.flatten(t.avgpool(a), 1)) * torch.tensor(2.0, dtype=torch.float64)
+
+
+def test_splitting_adds_nothing_to_the_model():
+    torch.manual_seed(0)
+    model = randomise(TensorConstant()).double().eval()
+    layer = model.tiny.layer4
+    x = make_images(n=2, size=16)
+    names = {name: set(m.__dict__) for name, m in model.named_modules()}
+    tail = layer_tail(model, layer, (x,), None, TARGETS, False)  # outside any attribution
+    assert isinstance(tail, TracedTail)
+    assert {name: set(m.__dict__) for name, m in model.named_modules()} == names
+    maps = LayerAblationCam(model, layer).attribute(x, target=TARGETS, attr_dim_summation=False)
+    live = tail.activations.flatten(2).abs().sum(2) > 0
+    expected = ablation_brute_force(model, layer, x, TARGETS) * live
+    torch.testing.assert_close(implied_weights(maps, tail.activations), expected, rtol=1e-9, atol=1e-12)

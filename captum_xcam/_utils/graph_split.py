@@ -219,6 +219,20 @@ def _called_model(
 
 
 def _split(root: Module, layer: Module, attribute_to_layer_input: bool) -> Union[GraphSplit, Unsplittable]:
+    r"""The split, leaving ``root`` as it was: torch.fx stores the tensor
+    constants it meets on the traced root (``_tensor_constant0``, ...); the
+    graph modules keep their own references, and the root loses them again."""
+    names = set(root.__dict__)
+    try:
+        return _traced_split(root, layer, attribute_to_layer_input)
+    finally:
+        for name in set(root.__dict__) - names:
+            delattr(root, name)
+
+
+def _traced_split(
+    root: Module, layer: Module, attribute_to_layer_input: bool
+) -> Union[GraphSplit, Unsplittable]:
     if _has_hooks(root) or any(_has_hooks(m) for m in root.children() if isinstance(root, _CalledModel)):
         return Unsplittable(
             "the model itself has hooks, which running its parts apart would skip",
