@@ -385,8 +385,9 @@ def score_cam_weight(forward, x, targets, ref: Reference, n: int, k: int) -> flo
 
 def live_channels(A: Tensor) -> Tensor:
     r"""(N, K) True where the channel is not all zero (only there can a weight
-    be read back from ``w_k A_k``)."""
-    return A.flatten(2).abs().amax(2) > 0
+    be read back from ``w_k A_k``), nor all within a factor 1024 of the
+    dtype's smallest normal number, where ``w_k A_k`` loses its precision."""
+    return A.flatten(2).abs().amax(2) > torch.finfo(A.dtype).tiny * 1024
 
 
 def sampled_channels(live: Tensor, per_image: int, seed: int = 0) -> List[Tuple[int, int]]:
@@ -404,7 +405,10 @@ def sampled_channels(live: Tensor, per_image: int, seed: int = 0) -> List[Tuple[
 
 
 def implied_weights(maps: Tensor, A: Tensor) -> Tensor:
-    r"""w_k from the per-channel map w_k A_k; 0 where A_k is all zero."""
+    r"""w_k from the per-channel map w_k A_k; 0 where A_k is all zero. In
+    float64, so that products of tiny float32 activations (a SiLU of a very
+    negative input gives 1e-33) do not underflow to zero."""
+    maps, A = maps.double(), A.double()
     norms = (A * A).flatten(2).sum(2)
     return torch.where(norms > 0, (maps * A).flatten(2).sum(2) / norms.clamp_min(1e-300), 0)
 
