@@ -189,7 +189,12 @@ class _LayerNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        # In float64: against a zero reference r0 = 1/sqrt(eps) dwarfs r, and
+        # the two shares of the product rule cancel to within r / r0, which
+        # float32 would leave at 1e-2 of the result (MaxViT's head).
         x, weight = ctx.saved_tensors
+        dtype, x, grad = x.dtype, x.double(), grad.double()
+        weight = None if weight is None else weight.double()
         dims = tuple(range(-len(ctx.normalized_shape), 0))
         size = 1
         for d in ctx.normalized_shape:
@@ -207,7 +212,8 @@ class _LayerNorm(torch.autograd.Function):
                             (r - r0) / torch.where(small, torch.ones_like(delta_v), delta_v))
         g_v = g_r * _twice(slope)  # r = rsqrt(v + eps): Rescale
         g_u = g_u + g_v * _twice(u + u0) / size  # v = mean(u * u): product rule
-        return g_u - g_u.mean(dims, keepdim=True), None, None, None, None  # u = x - mean(x)
+        g_x = g_u - g_u.mean(dims, keepdim=True)  # u = x - mean(x)
+        return g_x.to(dtype), None, None, None, None
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
