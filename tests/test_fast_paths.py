@@ -470,3 +470,23 @@ def test_splitting_adds_nothing_to_the_model():
     live = tail.activations.flatten(2).abs().sum(2) > 0
     expected = ablation_brute_force(model, layer, x, TARGETS) * live
     torch.testing.assert_close(implied_weights(maps, tail.activations), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "vgg11"])
+def test_timm_models_are_split_through_timms_own_notrace_registry(name):
+    # Their padding (computed from shapes) and pooling are registered with
+    # timm as not traceable: kept whole, as timm's feature extraction keeps them.
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = randomise(timm.create_model(name, pretrained=False, num_classes=10)).double().eval()
+    layer = model.get_submodule({"tf_efficientnet_lite0": "bn2", "vgg11": "pre_logits"}[name])
+    x = make_images(n=2, size=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tail = layer_tail(model, layer, (x,), None, TARGETS, False)
+    assert isinstance(tail, TracedTail)
+    assert not [w for w in caught if issubclass(w.category, WholeModelReplayWarning)]
+    replacement = torch.randn_like(tail.activations)
+    rows = torch.arange(2)
+    expected = output_with_layer(model, layer, x, replacement)[rows, TARGETS]
+    torch.testing.assert_close(tail.scores(replacement.clone(), rows), expected)

@@ -25,6 +25,7 @@ model.
 import builtins
 import inspect
 import operator
+import sys
 import weakref
 from contextlib import contextmanager
 from typing import Callable, Dict, Hashable, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
@@ -73,15 +74,33 @@ class _LayerTracer(fx.Tracer):
     traced tensor is recorded, not refused."""
 
     def __init__(self, layer: Module) -> None:
-        super().__init__()
+        leaves, functions = _timm_notrace()
+        super().__init__(autowrap_functions=functions)
         self.layer = layer
+        self.leaves = leaves
 
     def is_leaf_module(self, m: Module, module_qualified_name: str) -> bool:
-        return m is self.layer or _has_hooks(m) or super().is_leaf_module(m, module_qualified_name)
+        return (
+            m is self.layer
+            or _has_hooks(m)
+            or type(m) in self.leaves
+            or super().is_leaf_module(m, module_qualified_name)
+        )
 
     def trace(self, root, concrete_args=None):  # type: ignore[override]
         with _traceable_len(root):
             return super().trace(root, concrete_args)
+
+
+def _timm_notrace() -> Tuple[Tuple[type, ...], Tuple[Callable, ...]]:
+    r"""The modules and functions that timm registers as not traceable by
+    torch.fx (padding computed from shapes, and the like), to be kept whole,
+    as timm's own feature extraction keeps them; nothing without timm."""
+    timm_layers = sys.modules.get("timm.layers")
+    if timm_layers is None or not hasattr(timm_layers, "get_notrace_modules"):
+        return (), ()
+    functions = tuple(f for f in timm_layers.get_notrace_functions() if callable(f))
+    return tuple(timm_layers.get_notrace_modules()), functions
 
 
 def _len(obj: object) -> object:
