@@ -806,7 +806,25 @@ def merged(folders: Sequence[Path]) -> Tuple[Dict[str, str], List[dict], str]:
     order = {case.name: i for i, case in enumerate(all_cases())}
     rows = sorted((r for run in runs for r in run["rows"]),
                   key=lambda r: order.get(r["case"], len(order)))
+    rows = [unresolved_in_float32(r) for r in rows]
     return runs[0]["environment"], rows, " & ".join(run["command"] for run in runs)
+
+
+def unresolved_in_float32(row: dict) -> dict:
+    r"""An incorrect float32 row of an earlier run, marked unresolved when
+    :func:`float32_noise` (measured now) shows that float32 cannot resolve
+    the random model: runs since choose float64 for such models."""
+    if row.get("status") != "incorrect" or row.get("dtype") != "float32":
+        return row
+    model, forward, layer = build(case_named(row["case"]))
+    x = torch.randn(2, 3, row["size"], row["size"], generator=torch.Generator().manual_seed(1))
+    noise = float32_noise(forward, x)
+    if noise <= FLOAT32_NOISE:
+        return row
+    return {**row, "status": "unresolved", "float32_noise": noise, "note": (
+        f"float32 cannot resolve this random model (its output moves by {noise:.1e} of "
+        f"f(x) - f(0) with the batch) and this run did not redo it in float64 (a fresh run "
+        f"does); in float32: {incorrect_parts(row)}")}
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
