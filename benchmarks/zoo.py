@@ -407,9 +407,13 @@ def sampled_channels(live: Tensor, per_image: int, seed: int = 0) -> List[Tuple[
 
 def implied_weights(maps: Tensor, A: Tensor) -> Tensor:
     r"""w_k from the per-channel map w_k A_k; 0 where A_k is all zero. In
-    float64, so that products of tiny float32 activations (a SiLU of a very
-    negative input gives 1e-33) do not underflow to zero."""
+    float64 and with each channel scaled by its largest activation first, so
+    that products of tiny activations (a SiLU of a very negative input gives
+    1e-33 in float32, 1e-253 in float64) do not underflow to zero."""
     maps, A = maps.double(), A.double()
+    scale = A.flatten(2).abs().amax(2).clamp_min(torch.finfo(A.dtype).tiny)
+    scale = scale.reshape(scale.shape + (1,) * (A.dim() - 2))
+    maps, A = maps / scale, A / scale
     norms = (A * A).flatten(2).sum(2)
     return torch.where(norms > 0, (maps * A).flatten(2).sum(2) / norms.clamp_min(1e-300), 0)
 
