@@ -846,20 +846,28 @@ def merged(folders: Sequence[Path]) -> Tuple[Dict[str, str], List[dict], str]:
 
 
 def unresolved_in_float32(row: dict) -> dict:
-    r"""An incorrect float32 row of an earlier run, marked unresolved when
-    :func:`float32_noise` (measured now) shows that float32 cannot resolve
-    the random model: runs since choose float64 for such models."""
-    if row.get("status") != "incorrect" or row.get("dtype") != "float32":
+    r"""An incorrect row of an earlier run that did not measure the replay
+    noise, graded as a run now grades it: the noise is measured (now) in the
+    row's dtype, and a row whose failures are replay methods within ten
+    times it is correct, or unresolved where it swamps any check."""
+    if row.get("status") != "incorrect" or "replay_noise" in row or not row["model_as_found"]:
         return row
+    dtype = getattr(torch, row["dtype"])
     model, forward, layer = build(case_named(row["case"]))
-    x = torch.randn(2, 3, row["size"], row["size"], generator=torch.Generator().manual_seed(1))
-    noise = float32_noise(forward, x)
-    if noise <= FLOAT32_NOISE:
-        return row
-    return {**row, "status": "unresolved", "float32_noise": noise, "note": (
-        f"float32 cannot resolve this random model (its output moves by {noise:.1e} of "
-        f"f(x) - f(0) with the batch) and this run did not redo it in float64 (a fresh run "
-        f"does); in float32: {incorrect_parts(row)}")}
+    model.to(dtype)
+    x = torch.randn(row["images"], 3, row["size"], row["size"],
+                    generator=torch.Generator().manual_seed(1)).to(dtype)
+    noise = replay_noise(forward, x)
+    failing = [name for name, m in row["methods"].items() if m["correct"] is False]
+    if any(name not in ("Ablation-CAM", "Score-CAM") for name in failing):
+        return {**row, "replay_noise": noise}
+    if 10 * noise > UNRESOLVABLE:
+        return {**row, "replay_noise": noise, "status": "unresolved", "note": (
+            f"the random model's outputs move by {noise:.1e} of f(x) - f(0) between lone and "
+            f"batched evaluation in {row['dtype']} (measured when merging), so the replay "
+            f"methods cannot be checked on it; the others are correct; {incorrect_parts(row)}")}
+    passed = all(row["methods"][name]["error"] <= 10 * noise for name in failing)
+    return {**row, "replay_noise": noise, "status": "correct" if passed else "incorrect"}
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
