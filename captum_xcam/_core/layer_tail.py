@@ -96,7 +96,9 @@ class TracedTail(LayerTail):
     ) -> None:
         self.activations = head_values[0]
         self.split = split
-        self._module = _TracedTailModule(split.tail, split.kinds, head_values[1:], len(self.activations))
+        self._module = _TracedTailModule(
+            split.tail, split.kinds, head_values[1:], len(self.activations)
+        )
         with torch.no_grad():
             output = self._module(self.activations.clone())
         self.selector = TargetSelector(target, output)
@@ -177,7 +179,8 @@ def layer_tail(
             head_values = split.head(*inputs, *(additional_forward_args or ()))
         where = "input" if attribute_to_layer_input else "output"
         value = head_values[0]
-        check_layer_tensor(tuple(value) if isinstance(value, (tuple, list)) else (value,), layer, where)
+        values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        check_layer_tensor(values, layer, where)
         problem = _replay_problem(split, head_values, len(inputs[0]))
         if problem is None:
             return TracedTail(split, head_values, target)
@@ -231,7 +234,8 @@ def _replay_problem(split: GraphSplit, head_values: Tuple[object, ...], n: int) 
     for value, kind in zip(head_values[1:], split.kinds):
         if kind == ARGUMENT:
             continue
-        if not isinstance(value, Tensor) or value.dim() == 0 or (kind == PER_ROW and len(value) != n):
+        per_row = isinstance(value, Tensor) and value.dim() > 0
+        if not per_row or (kind == PER_ROW and len(value) != n):
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             return (
                 f"a value computed before the layer and used after it ({shape}) has no "

@@ -118,7 +118,11 @@ class LayerScoreCam(LayerCam, PerturbationAttribution):
         channel_softmax: bool = False,
     ) -> Tuple[Tensor, Tensor]:
         activations, _ = layer_activations(
-            without_data_parallel(self.forward_func), self.layer, inputs, additional_forward_args, attribute_to_layer_input
+            without_data_parallel(self.forward_func),
+            self.layer,
+            inputs,
+            additional_forward_args,
+            attribute_to_layer_input,
         )
         spatial_dims = activations.dim() - 2
         masked = [x.dim() - 2 == spatial_dims for x in inputs]

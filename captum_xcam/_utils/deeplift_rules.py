@@ -278,7 +278,9 @@ _IN_PLACE_FUNCTIONS = {torch.relu_: torch.relu, F.relu_: F.relu, F.elu_: F.elu,
                        torch.sigmoid_: torch.sigmoid, torch.tanh_: torch.tanh}
 
 
-def _rule_for(node: fx.Node, modules: Dict[str, object], dependent: Set[fx.Node]) -> Optional[_Rule]:
+def _rule_for(
+    node: fx.Node, modules: Dict[str, object], dependent: Set[fx.Node]
+) -> Optional[_Rule]:
     r"""The replacement of ``node`` that carries its rule, or None where the
     gradient is the rule (linear operations) or no rule is known."""
     args, kwargs = node.args, dict(node.kwargs)
@@ -309,7 +311,8 @@ def _rule_for(node: fx.Node, modules: Dict[str, object], dependent: Set[fx.Node]
         kwargs.pop("inplace", None)
         return "call_module", Rescaled(partial(_call_function, fn, args[1:], kwargs)), args[:1], {}
     if target in (operator.pow, torch.pow) and _constant(args[1:], kwargs) and args[0] in dependent:
-        return "call_module", Rescaled(partial(_call_function, torch.pow, args[1:], {})), args[:1], {}
+        power = partial(_call_function, torch.pow, args[1:], {})
+        return "call_module", Rescaled(power), args[:1], {}
     if target in _MAX_POOLS and _constant(args[1:], kwargs):
         pool = _max_pool(_MAX_POOLS[target], args[1:], kwargs)
         return None if pool is None else ("call_module", pool, args[:1], {})
@@ -402,12 +405,14 @@ def _is_linear(node: fx.Node, modules: Dict[str, object], dependent: Set[fx.Node
         return batch_norm or isinstance(m, _LINEAR_MODULES)
     if node.op == "call_method":
         return node.target in _LINEAR_METHODS or (
-            node.target in ("mul", "mul_", "div", "div_") and not _both_dependent(node.args, dependent)
+            node.target in ("mul", "mul_", "div", "div_")
+            and not _both_dependent(node.args, dependent)
         )
     target = node.target
-    if target in _PRODUCTS or target in _QUOTIENTS:
-        return not _reads(node.args[1:2], dependent) if target in _QUOTIENTS else not _both_dependent(
-            node.args, dependent)
+    if target in _QUOTIENTS:
+        return not _reads(node.args[1:2], dependent)
+    if target in _PRODUCTS:
+        return not _both_dependent(node.args, dependent)
     return target in _LINEAR_FUNCTIONS
 
 

@@ -237,7 +237,9 @@ def _called_model(
     return _CalledModel.taking(num_args)(forward_func, holders + others)
 
 
-def _split(root: Module, layer: Module, attribute_to_layer_input: bool) -> Union[GraphSplit, Unsplittable]:
+def _split(
+    root: Module, layer: Module, attribute_to_layer_input: bool
+) -> Union[GraphSplit, Unsplittable]:
     r"""The split, leaving ``root`` as it was: torch.fx stores the tensor
     constants it meets on the traced root (``_tensor_constant0``, ...); the
     graph modules keep their own references, and the root loses them again."""
@@ -252,7 +254,8 @@ def _split(root: Module, layer: Module, attribute_to_layer_input: bool) -> Union
 def _traced_split(
     root: Module, layer: Module, attribute_to_layer_input: bool
 ) -> Union[GraphSplit, Unsplittable]:
-    if _has_hooks(root) or any(_has_hooks(m) for m in root.children() if isinstance(root, _CalledModel)):
+    called = list(root.children()) if isinstance(root, _CalledModel) else []
+    if _has_hooks(root) or any(_has_hooks(m) for m in called):
         return Unsplittable(
             "the model itself has hooks, which running its parts apart would skip",
             "remove the model's own hooks while explaining (hooks on its submodules are fine)")
@@ -286,7 +289,8 @@ def _traced_split(
     cut = nodes.index(layer_node) + (0 if attribute_to_layer_input else 1)
     head_nodes, tail_nodes = nodes[:cut], nodes[cut:]
     boundary = layer_node.args[0] if attribute_to_layer_input else layer_node
-    crossing, kinds = _crossing_values(head_nodes, tail_nodes, layer_node, _depends_on_inputs(nodes))
+    from_inputs = _depends_on_inputs(nodes)
+    crossing, kinds = _crossing_values(head_nodes, tail_nodes, layer_node, from_inputs)
     tail_graph = _tail_graph(tail_nodes, layer_node, boundary, crossing)
     return GraphSplit(
         fx.GraphModule(root, _head_graph(head_nodes, boundary, crossing)),
@@ -371,10 +375,12 @@ def _shape_sources(node: fx.Node, from_inputs: Set[fx.Node]) -> Optional[List[fx
     from shapes alone (``x.size(0)``, ``x.shape[2] // 2``, ``len(x)``), else
     None."""
     reads = [a for a in node.all_input_nodes if a in from_inputs]
-    if node.op == "call_method" and node.target in _SHAPE_METHODS or node.op == "call_function" and (
+    shape_method = node.op == "call_method" and node.target in _SHAPE_METHODS
+    shape_function = node.op == "call_function" and (
         node.target is builtins.len
         or node.target is builtins.getattr and node.args[1] in _SHAPE_ATTRIBUTES
-    ):
+    )
+    if shape_method or shape_function:
         source = node.args[0]
         return [source] if reads == [source] else None
     if node.op == "call_function" and node.target in _SHAPE_ARITHMETIC:
