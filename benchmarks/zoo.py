@@ -627,7 +627,7 @@ def path_of(forward, layer, x, targets, caught: List[dict]) -> dict:
     with recorded_warnings(caught, "path"):
         tail = layer_tail(forward, layer, (x,), None, targets, False)
     return {
-        "path": "tail only" if type(tail).__name__ == "TracedTail" else "whole model",
+        "path": tail.path,
         "tail_class": type(tail).__name__,
         "reason": getattr(tail, "reason", ""),
         "path_seconds": time.perf_counter() - start,

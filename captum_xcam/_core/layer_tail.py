@@ -53,11 +53,13 @@ class LayerTail:
                     (N, K, *spatial), owned by the caller.
         target_scores (Tensor): Their target scores (N,).
         selector (TargetSelector): Picks the target scores of any rows.
+        path (str): "tail only" or "whole model": what each replay runs.
     """
 
     activations: Tensor
     target_scores: Tensor
     selector: TargetSelector
+    path: str
 
     def scores(self, layer_value: Tensor, rows: Tensor) -> Tensor:
         r"""
@@ -110,7 +112,7 @@ class TracedTail(LayerTail):
         if tail is None:
             return self._module
         m = self._module
-        return _TracedTailModule(tail, m.kinds, m.crossing, m.n, shapes_kept=True)
+        return _TracedTailModule(tail, m.kinds, m.crossing, m.n)
 
     def _outputs(self, layer_value: Tensor, rows: Tensor) -> Tensor:
         return self._module.outputs(layer_value, rows)
@@ -228,9 +230,8 @@ def _warn_whole_model(forward_func: Callable, layer: Module, why: Unsplittable) 
 def _replay_problem(split: GraphSplit, head_values: Tuple[object, ...], n: int) -> Optional[str]:
     r"""Why the tail could not be replayed on any rows, or None: the head must
     give tensors with one row per example for the values computed before the
-    layer, and tensors for the shapes read there (a batch
-    mean computed before the layer, for instance, would be wrong for a replay
-    of some rows)."""
+    layer, and tensors for the shapes read there (a batch mean computed before
+    the layer, for instance, would be wrong for a replay of some rows)."""
     for value, kind in zip(head_values[1:], split.kinds):
         if kind == ARGUMENT:
             continue
@@ -291,14 +292,14 @@ class _TracedTailModule(Module):
         kinds: Tuple[str, ...],
         crossing: Tuple[object, ...],
         n: int,
-        shapes_kept: bool = False,
     ) -> None:
         super().__init__()
         self.tail = tail
         self.kinds = kinds
-        # Only the shape of a SHAPE value is kept, not its data.
+        # Only the shape of a SHAPE value is kept, not its data (a stand-in
+        # given again stays one).
         self.crossing = tuple(
-            _shape_of(v) if kind == SHAPE and not shapes_kept else v  # type: ignore[arg-type]
+            _shape_of(v) if kind == SHAPE else v  # type: ignore[arg-type]
             for v, kind in zip(crossing, kinds)
         )
         self.n = n
