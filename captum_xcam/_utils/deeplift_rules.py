@@ -59,6 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from captum_xcam._utils.graph_split import dependent_nodes
+
 #: Modules that Captum's DeepLift gives its own rule.
 CAPTUM_RULES = (
     nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus,
@@ -257,7 +259,8 @@ def deeplift_tail(tail: fx.GraphModule) -> Tuple[fx.GraphModule, List[str]]:
     for node in graph.nodes:
         if node.op in ("call_module", "get_attr"):
             modules[node.target] = _attribute(tail, node.target)
-    dependent = _dependent_on_first_input(graph)
+    nodes = list(graph.nodes)
+    dependent = dependent_nodes(nodes, [n for n in nodes if n.op == "placeholder"][:1])
     unruled: List[str] = []
     for i, node in enumerate(list(graph.nodes)):
         if node not in dependent or node.op not in ("call_module", "call_function", "call_method"):
@@ -429,12 +432,3 @@ def _attribute(root: nn.Module, target: str) -> object:
     for name in target.split("."):
         value = getattr(value, name)
     return value
-
-
-def _dependent_on_first_input(graph: fx.Graph) -> Set[fx.Node]:
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    dependent: Set[fx.Node] = set(placeholders[:1])
-    for node in graph.nodes:
-        if any(a in dependent for a in node.all_input_nodes):
-            dependent.add(node)
-    return dependent

@@ -289,7 +289,7 @@ def _traced_split(
     cut = nodes.index(layer_node) + (0 if attribute_to_layer_input else 1)
     head_nodes, tail_nodes = nodes[:cut], nodes[cut:]
     boundary = layer_node.args[0] if attribute_to_layer_input else layer_node
-    from_inputs = _depends_on_inputs(nodes)
+    from_inputs = dependent_nodes(nodes, [n for n in nodes if n.op == "placeholder"])
     crossing, kinds = _crossing_values(head_nodes, tail_nodes, layer_node, from_inputs)
     tail_graph = _tail_graph(tail_nodes, layer_node, boundary, crossing)
     return GraphSplit(
@@ -394,10 +394,12 @@ def _shape_sources(node: fx.Node, from_inputs: Set[fx.Node]) -> Optional[List[fx
     return None
 
 
-def _depends_on_inputs(nodes: List[fx.Node]) -> Set[fx.Node]:
-    dependent: Set[fx.Node] = set()
+def dependent_nodes(nodes: List[fx.Node], sources: List[fx.Node]) -> Set[fx.Node]:
+    r"""The ``sources`` and every node of ``nodes`` (in graph order) computed
+    from them."""
+    dependent: Set[fx.Node] = set(sources)
     for node in nodes:
-        if node.op == "placeholder" or any(a in dependent for a in node.all_input_nodes):
+        if any(a in dependent for a in node.all_input_nodes):
             dependent.add(node)
     return dependent
 
