@@ -1,23 +1,27 @@
 r"""Speed and memory of captum-xcam's CAMs beside the peers, in one process, on
-the same models and inputs.
+the same models and inputs, and whether the maps agree where the formulas do.
 
     python benchmarks/speed.py            # CPU: ResNet-50 and VGG-16, 224x224, batch 1 and 16
     python benchmarks/speed.py --device cuda
-    python benchmarks/speed.py --quick --out /tmp/speed   # a smoke run on ResNet-18
+    python benchmarks/speed.py --quick --out /tmp/speed   # every method on ResNet-18, 64x64
+    python benchmarks/speed.py --methods hirescam,eigencam --models resnet18
 
-Methods: ours, Captum's ``LayerGradCam``, torchcam and pytorch-grad-cam (the
-``bench`` extra: ``pip install -e ".[bench]"``; a missing peer is skipped with
-a note), and two units: a plain forward pass and one with autograd recording.
-For each case the table gives the median time, the time in forward passes,
-the speed-up over each peer of the same method, the peak memory beyond what
-the model and the inputs hold, and the largest difference between our map and
-the peer's, both normalised to [0, 1] per image (with the peer's own
-post-processing applied to ours where it only returns processed maps).
+Methods: every registered method (``captum_xcam.list_methods()``, or
+``--methods``), each beside the peers that implement it: Captum's
+``LayerGradCam``, torchcam and pytorch-grad-cam (the ``bench`` extra:
+``pip install -e ".[bench]"``; a missing peer is skipped with a note); and two
+units: a plain forward pass and one with autograd recording. For each case the
+table gives the median time, the time in forward passes, how many times faster
+ours is than each peer of the same method, the peak memory beyond what the
+model and the inputs hold, and the largest difference between our map and the
+peer's relative to the peer's largest value (see :data:`PEERS` for what each
+peer computes and why some maps are not expected to agree).
 
 Models have random weights (``torch.manual_seed(0)``): nothing is downloaded.
-Methods that take minutes per image (Score-CAM, pytorch-grad-cam's
-Ablation-CAM) run once per case, and not at all where the estimate from
-batch 1 exceeds ``--max-seconds``; the table says so.
+A call that takes more than ``--slow-seconds`` runs once (it is its own
+measurement); and a method is not run where the estimate (from batch 1, or
+for the sampled Score-CAMs from Score-CAM's time in the same case) exceeds
+``--max-seconds``; the table says so.
 
 Writes ``speed.md`` and ``speed.json`` into ``--out`` (default
 benchmarks/results).
@@ -28,15 +32,13 @@ import contextlib
 import ctypes
 import io
 import json
-import platform
 import re
 import statistics
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -45,22 +47,23 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import captum  # noqa: E402
 from captum.attr import LayerGradCam  # noqa: E402
 
-import captum_xcam  # noqa: E402
-from captum_xcam import (  # noqa: E402
-    LayerAblationCam,
-    LayerGradCamPlusPlus,
-    LayerLiftCam,
-    LayerScoreCam,
-    LayerXGradCam,
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    BenchmarkMethod,
+    Environment,
+    SpeedRow,
+    benchmark_methods,
+    command_line,
+    per_example,
+    silenced,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results"
-OURS, CAPTUM, TORCHCAM, PGC = "captum-xcam", "Captum", "torchcam", "pytorch-grad-cam"
-LAYERS = {"resnet50": "layer4", "vgg16": "features", "resnet18": "layer4"}
-GRADIENT_FAMILY = ("XGrad-CAM", "Grad-CAM++", "LIFT-CAM")
+OURS, CAPTUM, TORCHCAM, PGC, UNIT = (
+    "captum-xcam", "Captum", "torchcam", "pytorch-grad-cam", "unit")
+LAYERS = {"resnet50": "layer4", "vgg16": "features", "resnet18": "layer4", "vgg11": "features"}
+Maps = Union[Tensor, np.ndarray]
 
 
 @dataclass
@@ -81,44 +84,70 @@ class Case:
         return f"{self.model_name} {LAYERS[self.model_name]}, batch {self.batch}"
 
 
-@dataclass
-class Method:
-    r"""A way to get a CAM. ``run`` returns maps (N, h, w), or None for the units;
-    ``same_formula`` tells whether its map should equal ours; ``processed`` that
-    it returns pytorch-grad-cam's upsampled, normalised maps."""
+# ----------------------------------------------------------------------------
+# How a peer's map compares with ours
 
-    family: str
+
+@dataclass(frozen=True)
+class Comparison:
+    r"""How a peer's map is compared with ours. ``relu``: the peer returns
+    ReLU'd maps, compared with ReLU(ours); ``up_to_sign``: the peer's sign is
+    arbitrary (an SVD's), so the better of both signs; ``differs``: the peer
+    computes another formula, said here, and the difference is measured all
+    the same; ``not_comparable``: no difference is measured, and this says
+    why."""
+
+    relu: bool = False
+    up_to_sign: bool = False
+    differs: str = ""
+    not_comparable: str = ""
+
+    def describe(self) -> str:
+        if self.not_comparable:
+            return f"not comparable: {self.not_comparable}"
+        if self.differs:
+            return f"other formula: {self.differs}"
+        stage = "ReLU'd maps" if self.relu else "raw maps, before ReLU"
+        return "same formula; " + stage + (", up to sign" if self.up_to_sign else "")
+
+
+SAME = Comparison()
+SAME_RELU = Comparison(relu=True)
+
+
+@dataclass(frozen=True)
+class Entry:
+    r"""A way to get a map of method ``key`` (a registry key, or
+    ``"forward"`` for the units), timed in each case. ``run`` returns the
+    maps (N, h, w) at the layer's resolution, before any scaling, or None;
+    ``comparison`` is set for a peer; ``estimate_from`` is the name of an
+    entry of the same case and a factor: its time times the factor
+    estimates this one's."""
+
+    key: str
+    display: str
     library: str
-    run: Callable[[Case], Optional[object]]
-    slow: bool = False
-    same_formula: bool = True
-    processed: bool = False
+    run: Callable[[Case], Optional[Maps]]
     label: str = ""
+    comparison: Optional[Comparison] = None
+    estimate_from: Optional[Tuple[str, float]] = None
 
     @property
     def name(self) -> str:
-        return f"{self.family} ({self.label or self.library})"
+        return f"{self.display} ({self.label or self.library})"
 
 
 # ----------------------------------------------------------------------------
-# The methods
+# The runs: ours, the peers', the units
 
 
-def ours(cls: type, **kwargs: object) -> Callable[[Case], Tensor]:
+def ours(method: BenchmarkMethod, channels_last: bool = False) -> Callable[[Case], Tensor]:
     def run(case: Case) -> Tensor:
-        cam = cls(case.model, case.layer)
-        return cam.attribute(case.images, target=case.targets, relu_attributions=True, **kwargs)[
-            :, 0
-        ]
-
-    return run
-
-
-def ours_channels_last(cls: type, **kwargs: object) -> Callable[[Case], Tensor]:
-    def run(case: Case) -> Tensor:
-        images = case.images.contiguous(memory_format=torch.channels_last)
-        cam = cls(case.model, case.layer)
-        return cam.attribute(images, target=case.targets, relu_attributions=True, **kwargs)[:, 0]
+        images = case.images
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        explain = method.explainer(case.model, case.layer)
+        return explain(images, case.targets, relu_attributions=False)[:, 0]
 
     return run
 
@@ -134,16 +163,21 @@ def forward_with_autograd(case: Case) -> None:
 
 def captum_grad_cam(case: Case) -> Tensor:
     cam = LayerGradCam(case.model, case.layer)
-    return cam.attribute(case.images, target=case.targets, relu_attributions=True)[:, 0]
+    return cam.attribute(case.images, target=case.targets, relu_attributions=False)[:, 0]
+
+
+TORCHCAM_GRADIENT_FREE = ("ScoreCAM", "SSCAM", "ISCAM")
 
 
 def torchcam_method(name: str, **kwargs: object) -> Callable[[Case], Tensor]:
+    r"""torchcam's extractor ``name``; its maps with ``normalized=False``
+    (ReLU'd, not rescaled)."""
+
     def run(case: Case) -> Tensor:
         from torchcam import methods
 
-        gradient = name != "ScoreCAM"
         with getattr(methods, name)(case.model, case.layer, **kwargs) as extractor:
-            with torch.set_grad_enabled(gradient):
+            with torch.set_grad_enabled(name not in TORCHCAM_GRADIENT_FREE):
                 scores = case.model(case.images)
             maps = extractor(class_idx=case.targets, scores=scores, normalized=False)[0]
         case.model.zero_grad(set_to_none=True)
@@ -153,56 +187,141 @@ def torchcam_method(name: str, **kwargs: object) -> Callable[[Case], Tensor]:
 
 
 def pgc_method(name: str, **kwargs: object) -> Callable[[Case], np.ndarray]:
+    r"""pytorch-grad-cam's class ``name``, called as its users call it; the
+    map returned is its raw layer map (``get_cam_image``'s result, before its
+    ReLU, normalisation and resizing), captured on the way."""
+
     def run(case: Case) -> np.ndarray:
         import pytorch_grad_cam
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         targets = [ClassifierOutputTarget(t) for t in case.targets]
+        raw: List[np.ndarray] = []
         with getattr(pytorch_grad_cam, name)(case.model, [case.layer], **kwargs) as cam:
-            maps = cam(input_tensor=case.images, targets=targets)
+            get_cam_image = cam.get_cam_image
+
+            def captured(*args: object, **kw: object) -> np.ndarray:
+                raw.append(get_cam_image(*args, **kw))
+                return raw[-1]
+
+            cam.get_cam_image = captured
+            cam(input_tensor=case.images, targets=targets)
         case.model.zero_grad(set_to_none=True)  # it backpropagates into every parameter
-        return maps
+        return raw[0]
 
     return run
 
 
-def methods(available: Dict[str, bool]) -> List[Method]:
-    listed = [
-        Method("forward", "unit", plain_forward, label="plain, no autograd"),
-        Method("forward", "unit", forward_with_autograd, label="with autograd"),
-        Method("Grad-CAM", CAPTUM, captum_grad_cam),
-        Method("Grad-CAM", TORCHCAM, torchcam_method("GradCAM")),
-        Method("Grad-CAM", PGC, pgc_method("GradCAM"), processed=True),
-        Method("XGrad-CAM", OURS, ours(LayerXGradCam)),
-        Method("XGrad-CAM", TORCHCAM, torchcam_method("XGradCAM")),
-        Method("XGrad-CAM", PGC, pgc_method("XGradCAM"), processed=True),
-        Method("Grad-CAM++", OURS, ours(LayerGradCamPlusPlus)),
-        # torchcam divides by sum(A G^3) per channel, not the paper's (sum A) G^3.
-        Method("Grad-CAM++", TORCHCAM, torchcam_method("GradCAMpp"), same_formula=False),
-        Method("Grad-CAM++", PGC, pgc_method("GradCAMPlusPlus"), processed=True),
-        Method("LIFT-CAM", OURS, ours(LayerLiftCam)),
-        # perturbations_per_eval as pytorch-grad-cam's AblationCAM batch_size.
-        Method("Ablation-CAM", OURS, ours(LayerAblationCam, perturbations_per_eval=32)),
-        Method("Ablation-CAM", PGC, pgc_method("AblationCAM"), slow=True, processed=True),
-        # The peers softmax the weights over the channels and mask with zeros;
-        # perturbations_per_eval 16 as pytorch-grad-cam's ScoreCAM (torchcam: 32).
-        Method("Score-CAM", OURS, ours(LayerScoreCam, channel_softmax=True), slow=True),
-        Method(
-            "Score-CAM",
-            OURS,
-            ours_channels_last(LayerScoreCam, channel_softmax=True),
-            slow=True,
-            label="captum-xcam, channels-last input",
-        ),
-        Method("Score-CAM", TORCHCAM, torchcam_method("ScoreCAM"), slow=True),
-        Method("Score-CAM", PGC, pgc_method("ScoreCAM"), slow=True, processed=True),
-    ]
-    return [m for m in listed if available.get(m.library, True)]
+# ----------------------------------------------------------------------------
+# The peers of each registered method, and our settings beside them
+
+#: Rows per forward pass of the peers' defaults for the perturbation methods
+#: (pytorch-grad-cam's AblationCAM batch_size 32 and ScoreCAM 16, per image;
+#: torchcam's SSCAM and ISCAM batch_size 32): ours runs as many, whatever the
+#: batch (``perturbations_per_eval`` counts rows per example).
+ROWS_PER_PASS = {"ablationcam": 32, "scorecam": 16, "sscam": 32, "iscam": 32}
+#: The peers softmax Score-CAM's weights over the channels and mask with zeros;
+#: ours does the same here (its default is the paper's raw score increase).
+OUR_KWARGS: Dict[str, Dict[str, object]] = {
+    "scorecam": {"channel_softmax": True},
+    "sscam": {"channel_softmax": True},
+    "iscam": {"channel_softmax": True},
+}
+#: Methods that run Score-CAM ``num_samples`` times: estimated from Score-CAM.
+SAMPLED = {"sscam": 35, "iscam": 10}
+
+#: (library, run, comparison) for each registered method that a peer has.
+#: Formulas read from the peers' sources (torchcam 0.5, grad-cam 1.5).
+PEERS: Dict[str, List[Tuple[str, Callable[[Case], Maps], Comparison]]] = {
+    "gradcam": [
+        (CAPTUM, captum_grad_cam, SAME),
+        (TORCHCAM, torchcam_method("GradCAM"), SAME_RELU),
+        (PGC, pgc_method("GradCAM"), SAME),
+    ],
+    "hirescam": [(PGC, pgc_method("HiResCAM"), SAME)],
+    "layercam": [
+        (TORCHCAM, torchcam_method("LayerCAM"), SAME_RELU),
+        (PGC, pgc_method("LayerCAM"), SAME),
+    ],
+    "elementwisegradcam": [(PGC, pgc_method("GradCAMElementWise"), SAME)],
+    "xgradcam": [
+        (TORCHCAM, torchcam_method("XGradCAM"), SAME_RELU),  # eps 1e-8 beside sum(A)
+        (PGC, pgc_method("XGradCAM"), SAME),  # eps 1e-7 beside sum(A)
+    ],
+    "gradcampp": [
+        (TORCHCAM, torchcam_method("GradCAMpp"), Comparison(
+            relu=True, differs="alpha's denominator has sum_ij(A G^3) per channel where the "
+            "paper has (sum_ij A) G^3 per position")),
+        (PGC, pgc_method("GradCAMPlusPlus"), Comparison(
+            differs="alpha's denominator has 1e-6 added, of the order of 2 G^2 where the "
+            "gradients are small (random weights)")),
+    ],
+    # It zeroes a channel where the layer's smallest activation is 0 (here:
+    # after a ReLU), as the paper and ours do; elsewhere it sets min - 1e7.
+    "ablationcam": [(PGC, pgc_method("AblationCAM"), SAME)],
+    "scorecam": [
+        (TORCHCAM, torchcam_method("ScoreCAM"), Comparison(
+            relu=True, differs="each map is min-max normalised before it is upsampled "
+            "(ours and the paper: after)")),
+        (PGC, pgc_method("ScoreCAM"), Comparison(
+            differs="the maps are upsampled with align_corners=True (ours: False, as "
+            "torchcam and Captum's interpolate)")),
+    ],
+    "sscam": [(TORCHCAM, torchcam_method("SSCAM"), Comparison(
+        not_comparable="random: its noise is its own draw (per channel, unseeded)"))],
+    "iscam": [(TORCHCAM, torchcam_method("ISCAM"), Comparison(
+        relu=True, differs="its masks are scaled by the cumulative sums sum_{j<=s} j/S "
+        "(up to (S+1)/2) where IS-CAM's right Riemann sum takes s/S, and they are "
+        "normalised before upsampling"))],
+    "eigencam": [(PGC, pgc_method("EigenCAM"), Comparison(up_to_sign=True))],
+}
+PEER_MODULES = {TORCHCAM: "torchcam", PGC: "pytorch_grad_cam"}
+
+
+def our_entries(method: BenchmarkMethod) -> List[Entry]:
+    sampled = SAMPLED.get(method.key)
+    estimate = (f"Score-CAM ({OURS})", float(sampled)) if sampled else None
+    entries = [Entry(method.key, method.name, OURS, ours(method), estimate_from=estimate)]
+    if method.key == "scorecam":  # the layout the convolutions prefer on a CPU
+        entries.append(Entry(method.key, method.name, OURS, ours(method, channels_last=True),
+                             label=f"{OURS}, channels-last input"))
+    return entries
+
+
+def peer_entries(method: BenchmarkMethod, available: Dict[str, bool]) -> List[Entry]:
+    entries = []
+    for library, run, comparison in PEERS.get(method.key, []):
+        if not available.get(library, True):
+            continue
+        sampled = SAMPLED.get(method.key)
+        estimate = (f"Score-CAM ({library})", float(sampled)) if sampled else None
+        entries.append(Entry(method.key, method.name, library, run, comparison=comparison,
+                             estimate_from=estimate))
+    return entries
+
+
+def entries_for(methods: List[BenchmarkMethod], available: Dict[str, bool]) -> List[Entry]:
+    r"""The units, then each method: ours, then its peers."""
+    listed = [Entry("forward", "forward", UNIT, plain_forward, label="plain, no autograd"),
+              Entry("forward", "forward", UNIT, forward_with_autograd, label="with autograd")]
+    for method in methods:
+        listed += our_entries(method) + peer_entries(method, available)
+    return listed
+
+
+def our_methods(selection: Optional[List[str]], families: Optional[List[str]],
+                batch: int) -> List[BenchmarkMethod]:
+    r"""The registered methods with the settings that match the peers' at
+    this batch size."""
+    kwargs = {key: {**OUR_KWARGS.get(key, {}),
+                    "perturbations_per_eval": per_example(rows, batch)}
+              for key, rows in ROWS_PER_PASS.items()}
+    return benchmark_methods(selection, families=families, kwargs=kwargs)
 
 
 def peers_available() -> Dict[str, bool]:
     found = {}
-    for library, module in ((TORCHCAM, "torchcam"), (PGC, "pytorch_grad_cam")):
+    for library, module in PEER_MODULES.items():
         try:
             __import__(module)
             found[library] = True
@@ -257,50 +376,60 @@ class PeakMemory:
             result["mib"] = (_status_kb("VmHWM") * 1024 - before) / 2**20
 
 
-def timed(method: Method, case: Case, repeats: int, memory: PeakMemory):
-    r"""The median time in seconds, the peak memory in MiB and the last map."""
-    if repeats > 1:
-        with contextlib.redirect_stderr(io.StringIO()):  # the peers' progress bars
-            method.run(case)  # warm-up: one-off work such as tracing or kernel selection
-    times, peaks, result = [], [], None
+def one_call(entry: Entry, case: Case, memory: PeakMemory) -> Tuple[float, float, object]:
+    r"""The seconds, peak memory in MiB and result of one call."""
+    with memory.measure() as peak, contextlib.redirect_stderr(io.StringIO()):  # progress bars
+        start = time.perf_counter()
+        result = entry.run(case)
+        if case.device.type == "cuda":
+            torch.cuda.synchronize(case.device)
+        seconds = time.perf_counter() - start
+    return seconds, peak["mib"], result
+
+
+def timed(entry: Entry, case: Case, repeats: int, slow_seconds: float,
+          memory: PeakMemory) -> Tuple[float, float, int, object]:
+    r"""The median time in seconds, the peak memory in MiB, the number of
+    timed calls and the last result. The first call is a warm-up (one-off
+    work such as tracing or kernel selection) unless it took more than
+    ``slow_seconds``: then it is the only measurement."""
+    seconds, peak, result = one_call(entry, case, memory)
+    if seconds > slow_seconds:
+        return seconds, peak, 1, result
+    times, peaks = [], []
     for _ in range(repeats):
-        with memory.measure() as peak, contextlib.redirect_stderr(io.StringIO()):
-            start = time.perf_counter()
-            result = method.run(case)
-            if case.device.type == "cuda":
-                torch.cuda.synchronize(case.device)
-            times.append(time.perf_counter() - start)
-        peaks.append(peak["mib"])
-    return statistics.median(times), max(peaks), result
+        seconds, peak, result = one_call(entry, case, memory)
+        times.append(seconds)
+        peaks.append(peak)
+    return statistics.median(times), max(peaks), repeats, result
 
 
-def as_numpy(maps: object) -> np.ndarray:
+def as_numpy(maps: Maps) -> np.ndarray:
     if isinstance(maps, Tensor):
-        return maps.detach().float().cpu().numpy()
-    return np.asarray(maps, dtype=np.float32)
+        return maps.detach().double().cpu().numpy()
+    return np.asarray(maps, dtype=np.float64)
 
 
-def unit_range(maps: np.ndarray) -> np.ndarray:
-    r"""Each map ReLU'd and min-max normalised to [0, 1]."""
-    maps = np.maximum(maps, 0)
-    low = maps.reshape(len(maps), -1).min(1).reshape(-1, 1, 1)
-    span = maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1) - low
-    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0)
+def max_rel_difference(ours_maps: np.ndarray, peer_maps: np.ndarray,
+                       comparison: Comparison) -> float:
+    r"""The largest ``max|ours - peer| / max|peer|`` over the images (ours
+    ReLU'd first where the peer ReLUs; the better sign where it is
+    arbitrary)."""
+    if comparison.relu:
+        ours_maps = np.maximum(ours_maps, 0)
+    a = ours_maps.reshape(len(ours_maps), -1)
+    b = peer_maps.reshape(len(peer_maps), -1)
+    scale = np.abs(b).max(1)
 
+    def relative(a: np.ndarray) -> np.ndarray:
+        gap = np.abs(a - b).max(1)
+        alone = np.where(gap > 0, np.inf, 0)  # the peer's map is zero
+        return np.where(scale > 0, gap / np.where(scale > 0, scale, 1), alone)
 
-def pgc_processed(maps: np.ndarray, size: int) -> np.ndarray:
-    r"""pytorch-grad-cam's post-processing of layer maps: ReLU, normalise,
-    resize to the input, then normalise again."""
-    from pytorch_grad_cam.utils.image import scale_cam_image
-
-    scaled = scale_cam_image(np.maximum(maps, 0), (size, size))
-    return scale_cam_image(np.maximum(scaled, 0))
-
-
-def difference(ours_map: np.ndarray, peer_map: np.ndarray, peer: Method, size: int) -> float:
-    if peer.processed:
-        return float(np.abs(pgc_processed(ours_map, size) - peer_map).max())
-    return float(np.abs(unit_range(ours_map) - unit_range(peer_map)).max())
+    worst = relative(a)
+    if comparison.up_to_sign:
+        worst = np.minimum(worst, relative(-a))
+    return float(worst.max())
 
 
 # ----------------------------------------------------------------------------
@@ -319,66 +448,79 @@ def make_case(model_name: str, batch: int, size: int, device: torch.device) -> C
     )
 
 
-def run_case(
-    case: Case, listed: List[Method], args: argparse.Namespace, batch_one: Dict[str, float]
-) -> List[dict]:
+def skip_reason(entry: Entry, case: Case, done: Dict[str, SpeedRow],
+                batch_one: Dict[str, float], max_seconds: float) -> str:
+    r"""Why ``entry`` is not run in ``case`` ("" to run it): its estimated
+    time, from batch 1 or from the entry it is estimated from, exceeds
+    ``max_seconds``."""
+    estimates = []
+    if case.batch > 1 and entry.name in batch_one:
+        estimates.append((batch_one[entry.name] * case.batch, "from batch 1"))
+    if entry.estimate_from:
+        base, factor = entry.estimate_from
+        if done.get(base) and done[base].seconds is not None:
+            estimates.append((done[base].seconds * factor, f"{factor:g} x {base}"))
+    over = [(s, why) for s, why in estimates if s > max_seconds]
+    if not over:
+        return ""
+    seconds, why = max(over)
+    return f"not run: ~{seconds / 60:.0f} min estimated ({why})"
+
+
+def run_case(case: Case, listed: List[Entry], args: argparse.Namespace,
+             batch_one: Dict[str, float]) -> List[SpeedRow]:
     memory = PeakMemory(case.device)
-    rows, maps = [], {}
-    for method in listed:
-        row = {
-            "case": case.name,
-            "model": case.model_name,
-            "batch": case.batch,
-            "method": method.name,
-            "family": method.family,
-            "library": method.library,
-        }
-        estimate = batch_one.get(method.name, 0.0) * case.batch
-        if method.slow and case.batch > 1 and estimate > args.max_seconds:
-            row["skipped"] = f"not run: ~{estimate / 60:.0f} min estimated from batch 1"
-            rows.append(row)
-            print(f"  {method.name:<50} {row['skipped']}", flush=True)
+    rows: Dict[str, SpeedRow] = {}
+    maps: Dict[str, np.ndarray] = {}
+    for entry in listed:
+        row = SpeedRow(case.name, case.model_name, case.batch, entry.key, entry.name,
+                       entry.library)
+        rows[entry.name] = row
+        row.skipped = skip_reason(entry, case, rows, batch_one, args.max_seconds)
+        if row.skipped:
+            print(f"  {entry.name:<55} {row.skipped}", flush=True)
             continue
-        repeats = 1 if method.slow else args.repeats
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            seconds, peak, result = timed(method, case, repeats, memory)
-        row.update(seconds=seconds, peak_mib=peak, repeats=repeats)
+        with silenced():
+            row.seconds, row.peak_mib, row.repeats, result = timed(
+                entry, case, args.repeats, args.slow_seconds, memory)
         if result is not None:
-            maps[method.name] = as_numpy(result)
-        rows.append(row)
-        print(f"  {method.name:<50} {seconds:9.3f} s  {peak:8.0f} MiB", flush=True)
-    compare(rows, maps, listed, case)
-    return rows
+            maps[entry.name] = as_numpy(result)
+        print(f"  {entry.name:<55} {row.seconds:9.3f} s  {row.peak_mib:8.0f} MiB", flush=True)
+    in_forward_passes(rows)
+    compare_with_peers(rows, maps, listed)
+    return list(rows.values())
 
 
-def compare(
-    rows: List[dict], maps: Dict[str, np.ndarray], listed: List[Method], case: Case
-) -> None:
-    r"""Adds to each of our rows the time in forward passes, and to each peer
-    row the speed-up of our method over it and the difference of the maps."""
-    by_name = {row["method"]: row for row in rows}
-    unit = by_name.get("forward (plain, no autograd)", {}).get("seconds")
-    unit_grad = by_name.get("forward (with autograd)", {}).get("seconds")
-    methods_by_name = {m.name: m for m in listed}
-    for row in rows:
-        if "seconds" not in row:
+def in_forward_passes(rows: Dict[str, SpeedRow]) -> None:
+    r"""Each row's time in plain forward passes and in forward passes with
+    autograd recording, of the same batch."""
+    unit = rows.get("forward (plain, no autograd)")
+    unit_grad = rows.get("forward (with autograd)")
+    for row in rows.values():
+        if row.seconds is None:
             continue
-        if unit:
-            row["forward_passes"] = row["seconds"] / unit
-        if unit_grad:
-            row["autograd_forward_passes"] = row["seconds"] / unit_grad
-        if row["library"] not in (TORCHCAM, PGC, CAPTUM):
+        if unit and unit.seconds:
+            row.forward_passes = row.seconds / unit.seconds
+        if unit_grad and unit_grad.seconds:
+            row.autograd_forward_passes = row.seconds / unit_grad.seconds
+
+
+def compare_with_peers(rows: Dict[str, SpeedRow], maps: Dict[str, np.ndarray],
+                       listed: List[Entry]) -> None:
+    r"""Adds to each peer row the speed-up of our method over it, how its map
+    compares with ours and, unless not comparable, the difference."""
+    for entry in listed:
+        if entry.comparison is None:
             continue
-        reference = f"{row['family']} ({OURS})"
-        if reference in by_name and "seconds" in by_name[reference]:
-            row["speedup_of_ours"] = row["seconds"] / by_name[reference]["seconds"]
-        if reference in maps and row["method"] in maps:
-            peer = methods_by_name[row["method"]]
-            row["max_difference"] = difference(
-                maps[reference], maps[row["method"]], peer, case.size
-            )
-            row["same_formula"] = peer.same_formula
+        row = rows[entry.name]
+        row.comparison = entry.comparison.describe()
+        reference = rows.get(f"{entry.display} ({OURS})")
+        if reference is None or reference.seconds is None or row.seconds is None:
+            continue
+        row.speedup_of_ours = row.seconds / reference.seconds
+        if not entry.comparison.not_comparable and row.method in maps:
+            row.max_rel_difference = max_rel_difference(
+                maps[reference.method], maps[row.method], entry.comparison)
 
 
 # ----------------------------------------------------------------------------
@@ -389,192 +531,129 @@ def fmt(value: Optional[float], spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
-def table(rows: List[dict]) -> List[str]:
+def difference_cell(row: SpeedRow) -> str:
+    if row.comparison.startswith("not comparable"):
+        return "not comparable"
+    text = fmt(row.max_rel_difference, ".1e")
+    if text and row.comparison.startswith("other formula"):
+        text += " (other formula)"
+    return text
+
+
+def table(rows: List[SpeedRow]) -> List[str]:
     lines = [
         "| method | median time (s) | x forward | x forward with autograd | our speed-up over it | "
-        "peak memory (MiB) | max map difference |",
+        "peak memory (MiB) | max rel. map difference |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        if "skipped" in row:
-            lines.append(f"| {row['method']} | {row['skipped']} | | | | | |")
+        if row.skipped:
+            lines.append(f"| {row.method} | {row.skipped} | | | | | |")
             continue
-        difference_text = fmt(row.get("max_difference"), ".2e")
-        if difference_text and not row.get("same_formula", True):
-            difference_text += " (other formula)"
         lines.append(
-            f"| {row['method']} | {row['seconds']:.3f} | "
-            f"{fmt(row.get('forward_passes'), '.2f')} | "
-            f"{fmt(row.get('autograd_forward_passes'), '.2f')} | "
-            f"{fmt(row.get('speedup_of_ours'), '.1f')} | {row['peak_mib']:.0f} | "
-            f"{difference_text} |"
+            f"| {row.method} | {row.seconds:.3f} | {fmt(row.forward_passes, '.2f')} | "
+            f"{fmt(row.autograd_forward_passes, '.2f')} | {fmt(row.speedup_of_ours, '.1f')} | "
+            f"{row.peak_mib:.0f} | {difference_cell(row)} |"
         )
     return lines
 
 
-def goals(rows: List[dict]) -> List[str]:
-    r"""The issue's goals, checked against this run."""
-    lines = []
-    cases = sorted({row["case"] for row in rows}, key=lambda c: [r["case"] for r in rows].index(c))
-    for case in cases:
-        in_case = {r["method"]: r for r in rows if r["case"] == case}
-        for family in GRADIENT_FAMILY:
-            row = in_case.get(f"{family} ({OURS})")
-            if row and "autograd_forward_passes" in row:
-                ratio = row["autograd_forward_passes"]
-                lines.append(
-                    f"- {case}: {family} takes {ratio:.2f}x a forward pass with autograd "
-                    f"(goal <= 1.3x): {'met' if ratio <= 1.3 else 'NOT met'}"
-                )
-            peer = in_case.get(f"{family} ({PGC})")
-            if peer and "speedup_of_ours" in peer:
-                lines.append(
-                    f"- {case}: {family} speed-up over pytorch-grad-cam "
-                    f"{peer['speedup_of_ours']:.1f}x (goal >= 2x): "
-                    f"{'met' if peer['speedup_of_ours'] >= 2 else 'NOT met'}"
-                )
-        peer = in_case.get(f"Ablation-CAM ({PGC})")
-        if peer and "speedup_of_ours" in peer:
-            speedup = peer["speedup_of_ours"]
-            verdict = (
-                f"(goal >= 100x): {'met' if speedup >= 100 else 'NOT met'}"
-                if case.startswith("resnet50 layer4")
-                else "(no goal: it is set for ResNet-50 layer4)"
-            )
-            lines.append(
-                f"- {case}: Ablation-CAM speed-up over pytorch-grad-cam's "
-                f"{speedup:.{0 if speedup >= 10 else 1}f}x, "
-                f"maps differing by at most {peer.get('max_difference', float('nan')):.1e} "
-                f"{verdict}"
-            )
-        score_peers = [
-            r
-            for r in in_case.values()
-            if r["family"] == "Score-CAM" and r["library"] != OURS and "seconds" in r
-        ]
-        score_ours = [
-            r
-            for r in in_case.values()
-            if r["family"] == "Score-CAM" and r["library"] == OURS and "seconds" in r
-        ]
-        if score_peers and score_ours:
-            fastest = min(score_peers, key=lambda r: r["seconds"])
-            for row in score_ours:
-                ratio = fastest["seconds"] / row["seconds"]
-                lines.append(
-                    f"- {case}: {row['method']} speed-up over the fastest peer, "
-                    f"{fastest['method']}, {ratio:.2f}x (goal >= 2x): "
-                    f"{'met' if ratio >= 2 else 'NOT met'}; peak memory "
-                    f"{row['peak_mib']:.0f} MiB against {fastest['peak_mib']:.0f} MiB"
-                )
+def equality_table(rows: List[SpeedRow]) -> List[str]:
+    r"""Per method and peer, the largest relative difference of the maps
+    over the cases, and how they were compared."""
+    lines = ["| method | peer | max rel. difference | comparison |", "| --- | --- | ---: | --- |"]
+    pairs: Dict[Tuple[str, str], List[SpeedRow]] = {}
+    for row in rows:
+        if row.comparison:
+            pairs.setdefault((row.method.rsplit(" (", 1)[0], row.library), []).append(row)
+    for (method, library), found in pairs.items():
+        values = [r.max_rel_difference for r in found if r.max_rel_difference is not None]
+        worst = f"{max(values):.1e}" if values else "—"
+        lines.append(f"| {method} | {library} | {worst} | {found[0].comparison} |")
     return lines
 
 
-def environment(device: torch.device) -> Dict[str, str]:
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "captum": captum.__version__,
-        "captum-xcam": captum_xcam.__version__,
-    }
-    for name, module in (("torchcam", "torchcam"), ("grad-cam", "pytorch_grad_cam")):
-        try:
-            from importlib.metadata import version
-
-            versions[name] = version(name)
-        except Exception:
-            versions[name] = "not installed"
-    if device.type == "cuda":
-        versions["device"] = torch.cuda.get_device_name(device)
-    else:
-        versions["device"] = (
-            f"CPU, {torch.get_num_threads()} threads ({platform.processor() or platform.machine()})"
-        )
-    return versions
-
-
-def write(
-    rows: List[dict], env: Dict[str, str], args: argparse.Namespace, notes: List[str]
-) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
-    lines = [
-        "# Speed and memory beside the peers",
-        "",
-        f"`{' '.join(['python benchmarks/speed.py', *sys.argv[1:]])}`",
-        "",
-        "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()) + ".",
-        "",
-    ]
-    lines += [f"- {note}" for note in notes]
-    lines += ["", "## Goals", ""] + goals(rows)
-    for case in dict.fromkeys(row["case"] for row in rows):
-        lines += ["", f"## {case}", ""] + table([r for r in rows if r["case"] == case])
-    lines += ["", FOOTNOTE]
-    (out / "speed.md").write_text("\n".join(lines) + "\n")
-
-
-FOOTNOTE = """Columns: the median of the repeats (one run for the slow methods, after no
-warm-up; otherwise after one warm-up call); the time in plain forward passes and in
+FOOTNOTE = """Columns: the median of the repeats (after one warm-up call; a call longer than
+--slow-seconds runs once, without warm-up); the time in plain forward passes and in
 forward passes with autograd recording, of the same batch; for a peer, how many times
-faster our method of the same family is; the peak memory of the call beyond what was
-held before it (the resident set on a CPU, the allocator's peak on a GPU); and the
-largest difference between our map and the peer's after both are ReLU'd and normalised
-to [0, 1] per image (pytorch-grad-cam's own resizing and normalisation applied to our
-map for its rows). A difference marked "other formula" is expected: the peer computes
-something else."""
+faster our method is; the peak memory of the call beyond what was held before it (the
+resident set on a CPU, the allocator's peak on a GPU); and, per image, the largest
+difference between our map and the peer's divided by the peer's largest absolute value,
+the worst image shown. Maps are compared at the layer's resolution before any scaling:
+ours with relu_attributions=False, pytorch-grad-cam's raw layer map (its get_cam_image,
+before its ReLU, normalisation and resizing), torchcam's with normalized=False (ReLU'd:
+ours is ReLU'd for those rows). "other formula": the peer computes something else (the
+Map equality table says what), and the difference is what that costs; "not comparable":
+no difference is measured. Perturbation methods run as many rows per forward pass as the
+peers' defaults (perturbations_per_eval is per example), with Score-CAM's softmax over the
+channels, as the peers have it."""
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def markdown(rows: List[SpeedRow], env: Environment, command: str, notes: List[str]) -> str:
+    lines = ["# Speed and memory beside the peers", "", f"`{command}`", "", env.markdown(), ""]
+    lines += [f"- {note}" for note in notes]
+    lines += ["", "## Map equality", ""] + equality_table(rows)
+    for case in dict.fromkeys(row.case for row in rows):
+        lines += ["", f"## {case}", ""] + table([r for r in rows if r.case == case])
+    lines += ["", FOOTNOTE]
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: List[SpeedRow], env: Environment, out: Path, notes: List[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    command = command_line("speed.py")
+    (out / "speed.json").write_text(json.dumps(
+        {"command": command, "environment": env.to_json(), "rows": [r.to_json() for r in rows]},
+        indent=1))
+    (out / "speed.md").write_text(markdown(rows, env, command, notes))
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", default="resnet50,vgg16")
+    parser.add_argument("--models", default="resnet50,vgg16", help=f"of {sorted(LAYERS)}")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--families", default="", help="comma-separated method families; all by default"
-    )
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=600,
-        help="skip a slow method at batch > 1 if batch 1 suggests it takes longer",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a smoke run: resnet18 at 64x64, batch 1 and 2, 2 repeats",
-    )
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--methods", default="",
+                        help="comma-separated registry keys or names; all registered by default")
+    parser.add_argument("--families", default="",
+                        help="comma-separated registry families (gradient, perturbation, "
+                        "gradient-free); all by default")
+    parser.add_argument("--slow-seconds", type=float, default=10,
+                        help="a call longer than this is timed once, without warm-up")
+    parser.add_argument("--max-seconds", type=float, default=600,
+                        help="skip a method whose estimated time is longer")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: resnet18 at 64x64, batch 1 and 2, 2 repeats")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.batches, args.size, args.repeats = "resnet18", "1,2", 64, 2
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
     device = torch.device(args.device)
     available = peers_available()
-    listed = methods(available)
-    if args.families:
-        wanted = {"forward", *args.families.split(",")}
-        listed = [m for m in listed if m.family in wanted]
-    notes = [
-        f'{lib} is not installed: its rows are missing (`pip install -e ".[bench]"`).'
-        for lib, ok in available.items()
-        if not ok
-    ]
-    env = environment(device)
-    rows: List[dict] = []
+    selection = args.methods.split(",") if args.methods else None
+    families = args.families.split(",") if args.families else None
+    notes = [f'{lib} is not installed: its rows are missing (`pip install -e ".[bench]"`).'
+             for lib, ok in available.items() if not ok]
+    env = Environment.capture(device)
+    rows: List[SpeedRow] = []
     for model_name in args.models.split(","):
         batch_one: Dict[str, float] = {}
         for batch in sorted(int(b) for b in args.batches.split(",")):
+            listed = entries_for(our_methods(selection, families, batch), available)
             case = make_case(model_name, batch, args.size, device)
-            print(f"{case.name}, {args.size}x{args.size}, {env['device']}", flush=True)
+            print(f"{case.name}, {args.size}x{args.size}, {env.device}", flush=True)
             case_rows = run_case(case, listed, args, batch_one)
             if batch == 1:
-                batch_one = {r["method"]: r["seconds"] for r in case_rows if "seconds" in r}
+                batch_one = {r.method: r.seconds for r in case_rows if r.seconds is not None}
             rows += case_rows
-            write(rows, env, args, notes)
+            write(rows, env, args.out, notes)
 
 
 if __name__ == "__main__":
