@@ -7,7 +7,7 @@ module only lays the figure out, upsamples CAMs to the image with
 :meth:`captum.attr.LayerAttribution.interpolate` and writes the titles.
 Save the figure with ``fig.savefig("maps.png")`` (or ``.pdf``, ``.svg``).
 """
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -194,19 +194,23 @@ def _target_labels(
     return labels
 
 
-def _per_image(values: object, n: int, what: str) -> list:
+def _per_image(
+    values: Optional[Union[int, float, Sequence[Any], Tensor]], n: int, what: str
+) -> list:
     if values is None:
         return [None] * n
+    items: list
     if isinstance(values, Tensor):
-        values = values.detach().cpu().reshape(-1).tolist()
+        items = values.detach().cpu().reshape(-1).tolist()
     elif isinstance(values, (int, float)):
-        values = [values]
-    values = list(values)
-    if len(values) == 1:
-        values = values * n
-    if len(values) != n:
-        raise ValueError(f"Got {len(values)} {what} for {n} images.")
-    return values
+        items = [values]
+    else:
+        items = list(values)
+    if len(items) == 1:
+        items = items * n
+    if len(items) != n:
+        raise ValueError(f"Got {len(items)} {what} for {n} images.")
+    return items
 
 
 def _draw_image(ax: Axes, fig: Figure, image: np.ndarray, title: Optional[str],

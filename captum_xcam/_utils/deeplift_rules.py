@@ -53,7 +53,7 @@ DeepLift batch layout: the actual rows first, then as many reference rows.
 import copy
 import operator
 from functools import partial
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +88,9 @@ _ELEMENTWISE_METHODS = {
 _PRODUCTS = {operator.mul: "mul", torch.mul: "mul", operator.matmul: "matmul",
              torch.matmul: "matmul", torch.bmm: "bmm", operator.imul: "mul"}
 _PRODUCT_METHODS = {"mul": "mul", "mul_": "mul", "matmul": "matmul", "bmm": "bmm"}
-_BILINEAR = {"mul": torch.mul, "matmul": torch.matmul, "bmm": torch.bmm}
+_BILINEAR: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mul": torch.mul, "matmul": torch.matmul, "bmm": torch.bmm
+}
 _QUOTIENTS = {operator.truediv, torch.div, torch.true_divide, operator.itruediv}
 _MAX_POOLS = {F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d,
               F.max_pool3d: nn.MaxPool3d, torch.max_pool1d: nn.MaxPool1d,
@@ -116,7 +118,7 @@ _LINEAR_MODULES = (
 )
 
 
-def _halves(x: Tensor) -> Tuple[Tensor, Tensor]:
+def _halves(x: Tensor) -> Tuple[Tensor, ...]:
     return x.chunk(2)
 
 
@@ -161,8 +163,8 @@ class _Product(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         a, b = ctx.saved_tensors
         with torch.enable_grad():
-            mean_a = _twice(sum(_halves(a.detach())) / 2).requires_grad_()
-            mean_b = _twice(sum(_halves(b.detach())) / 2).requires_grad_()
+            mean_a = _twice(cast(Tensor, sum(_halves(a.detach()))) / 2).requires_grad_()
+            mean_b = _twice(cast(Tensor, sum(_halves(b.detach()))) / 2).requires_grad_()
             grad_a, grad_b = torch.autograd.grad(ctx.op(mean_a, mean_b), (mean_a, mean_b), grad)
         return grad_a, grad_b, None
 
@@ -275,7 +277,8 @@ def deeplift_tail(tail: fx.GraphModule) -> Tuple[fx.GraphModule, List[str]]:
     return fx.GraphModule(modules, graph), unruled
 
 
-_Rule = Tuple[str, object, tuple, dict]  # (op, module or function, args, kwargs)
+#: (op, module or function, args, kwargs)
+_Rule = Tuple[str, Union[nn.Module, Callable[..., Any]], tuple, dict]
 _IN_PLACE_FUNCTIONS = {torch.relu_: torch.relu, F.relu_: F.relu, F.elu_: F.elu,
                        F.leaky_relu_: F.leaky_relu, F.hardtanh_: F.hardtanh,
                        torch.sigmoid_: torch.sigmoid, torch.tanh_: torch.tanh}
@@ -288,7 +291,7 @@ def _rule_for(
     gradient is the rule (linear operations) or no rule is known."""
     args, kwargs = node.args, dict(node.kwargs)
     if node.op == "call_module":
-        m = modules[node.target]
+        m = _module(node, modules)
         if isinstance(m, CAPTUM_RULES):
             return "call_module", copy.deepcopy(m), args, kwargs
         if isinstance(m, ELEMENTWISE_MODULES):
@@ -342,7 +345,8 @@ def _apply(graph: fx.Graph, node: fx.Node, rule: _Rule, name: str,
     node.replace_all_uses_with(new)
     if _in_place(node, modules):  # later readers of the input saw the change
         order = {n: i for i, n in enumerate(graph.nodes)}
-        node.args[0].replace_all_uses_with(
+        written = cast(fx.Node, node.args[0])  # what an in-place rule's operation writes to
+        written.replace_all_uses_with(
             new, delete_user_cb=lambda user: user is not new and order[user] > order[node]
         )
     graph.erase_node(node)
@@ -351,7 +355,7 @@ def _apply(graph: fx.Graph, node: fx.Node, rule: _Rule, name: str,
 
 def _in_place(node: fx.Node, modules: Dict[str, object]) -> bool:
     if node.op == "call_module":
-        return bool(getattr(modules[node.target], "inplace", False))
+        return bool(getattr(_module(node, modules), "inplace", False))
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     return str(name).endswith("_") or bool(node.kwargs.get("inplace", False))
 
@@ -367,7 +371,7 @@ def _call_function(fn: Callable, args: tuple, kwargs: dict, x: Tensor) -> Tensor
 def _out_of_place_module(m: nn.Module) -> nn.Module:
     if getattr(m, "inplace", False):
         m = copy.copy(m)
-        m.inplace = False
+        m.inplace = False  # type: ignore[assignment]  # torch types module attributes as Tensor | Module
     return m
 
 
@@ -403,7 +407,7 @@ def _is_linear(node: fx.Node, modules: Dict[str, object], dependent: Set[fx.Node
     r"""Whether the gradient is the exact rule of ``node``: a linear operation,
     or a product or quotient with one factor independent of the layer."""
     if node.op == "call_module":
-        m = modules[node.target]
+        m = _module(node, modules)
         batch_norm = isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training
         return batch_norm or isinstance(m, _LINEAR_MODULES)
     if node.op == "call_method":
@@ -419,9 +423,14 @@ def _is_linear(node: fx.Node, modules: Dict[str, object], dependent: Set[fx.Node
     return target in _LINEAR_FUNCTIONS
 
 
+def _module(node: fx.Node, modules: Dict[str, object]) -> object:
+    r"""What a ``call_module`` node calls (its target is the module's path)."""
+    return modules[cast(str, node.target)]
+
+
 def _describe(node: fx.Node, modules: Dict[str, object]) -> str:
     if node.op == "call_module":
-        return type(modules[node.target]).__name__
+        return type(_module(node, modules)).__name__
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     return getattr(node.target, "__name__", str(node.target))

@@ -28,7 +28,21 @@ import operator
 import sys
 import weakref
 from contextlib import contextmanager
-from typing import Callable, Dict, Hashable, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Hashable,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Set,
+    Sized,
+    Tuple,
+    Union,
+    cast,
+)
 
 from torch import fx
 from torch.nn import Module
@@ -65,7 +79,10 @@ class Unsplittable(NamedTuple):
     remedy: str
 
 
-_CACHE: "weakref.WeakKeyDictionary[Module, Dict[Hashable, object]]" = weakref.WeakKeyDictionary()
+#: A cached split (or why there is none), with the signature it is valid for.
+_Cached = Tuple[Tuple[object, ...], Union[GraphSplit, Unsplittable]]
+
+_CACHE: "weakref.WeakKeyDictionary[Module, Dict[Hashable, _Cached]]" = weakref.WeakKeyDictionary()
 
 
 class _LayerTracer(fx.Tracer):
@@ -87,7 +104,13 @@ class _LayerTracer(fx.Tracer):
             or super().is_leaf_module(m, module_qualified_name)
         )
 
-    def trace(self, root, concrete_args=None):  # type: ignore[override]
+    def trace(
+        self,
+        root: Union[Module, Callable[..., Any]],
+        concrete_args: Optional[Dict[str, Any]] = None,
+    ) -> fx.Graph:
+        if not isinstance(root, Module):
+            raise TypeError(f"_LayerTracer traces modules, not a {type(root).__name__}.")
         with _traceable_len(root):
             return super().trace(root, concrete_args)
 
@@ -106,14 +129,14 @@ def _timm_notrace() -> Tuple[Tuple[type, ...], Tuple[Callable, ...]]:
 def _len(obj: object) -> object:
     if isinstance(obj, fx.Proxy):
         return obj.tracer.create_proxy("call_function", builtins.len, (obj,), {})
-    return builtins.len(obj)  # type: ignore[arg-type]
+    return builtins.len(cast(Sized, obj))
 
 
 @contextmanager
 def _traceable_len(root: Module) -> Iterator[None]:
     r"""While tracing, ``len`` in the source files of the traced code records
     a graph node (what ``fx.wrap("len")`` in those files would do)."""
-    functions = [type(m).forward for m in root.modules()]
+    functions: List[Optional[Callable]] = [type(m).forward for m in root.modules()]
     functions.append(getattr(root, "forward_func", None))  # a _CalledModel's function
     patched: List[dict] = []
     for fn in functions:
@@ -195,10 +218,11 @@ def discard_split(
 
 def _cache_slot(
     forward_func: Callable, root: Module, layer: Module, attribute_to_layer_input: bool
-) -> Tuple[Dict[Hashable, object], Hashable, Tuple[object, ...]]:
+) -> Tuple[Dict[Hashable, _Cached], Hashable, Tuple[object, ...]]:
     r"""Where the split of ``root`` is cached, under which key, valid while
     the signature holds: per model, and per forward function when that is
     not the model."""
+    key: Hashable
     if isinstance(root, _CalledModel):
         model = next(iter(root.children()))
         key = (id(layer), attribute_to_layer_input, id(forward_func), _arity(root))
@@ -209,7 +233,7 @@ def _cache_slot(
 
 
 def _arity(root: Module) -> int:
-    return root.forward.__code__.co_argcount - 1  # type: ignore[attr-defined]
+    return root.forward.__code__.co_argcount - 1
 
 
 def _called_model(
@@ -330,7 +354,8 @@ def _tail_graph(
     for node in tail_nodes:
         if node is layer_node:  # the layer reads the substituted input
             args = (value,) + fx.map_arg(node.args[1:], copied)
-            env[node] = graph.call_module(node.target, args, fx.map_arg(node.kwargs, copied))
+            target = cast(str, node.target)  # a call_module node's target is the module's path
+            env[node] = graph.call_module(target, args, fx.map_arg(node.kwargs, copied))
         else:
             env[node] = graph.node_copy(node, copied)
     return graph
@@ -382,7 +407,7 @@ def _shape_sources(node: fx.Node, from_inputs: Set[fx.Node]) -> Optional[List[fx
     )
     if shape_method or shape_function:
         source = node.args[0]
-        return [source] if reads == [source] else None
+        return [source] if isinstance(source, fx.Node) and reads == [source] else None
     if node.op == "call_function" and node.target in _SHAPE_ARITHMETIC:
         sources: List[fx.Node] = []
         for arg in reads:

@@ -3,15 +3,16 @@
 Every hook is removed when its ``with`` block ends, also after an error."""
 
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.nn import Module
 
 
-def _as_tuple(value: object) -> Tuple[Tensor, ...]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)  # type: ignore
+def _as_tuple(value: object) -> Tuple[Any, ...]:
+    # Any, not Tensor: a layer may see or return other values (callers check).
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
 @contextmanager

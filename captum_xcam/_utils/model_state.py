@@ -28,9 +28,10 @@ def without_data_parallel(forward_func: Callable) -> Callable:
     ``forward_func``: hooks that must see the whole batch at once run there,
     on the module's own device."""
     model = model_of(forward_func)
-    wrapped = isinstance(model, (DataParallel, DistributedDataParallel))
-    if wrapped and (forward_func is model or forward_func == model.forward):
-        return model.module  # type: ignore[union-attr]
+    if not isinstance(model, (DataParallel, DistributedDataParallel)):
+        return forward_func
+    if forward_func is model or forward_func == model.forward:
+        return model.module
     return forward_func
 
 
@@ -59,7 +60,7 @@ def preserved_model_state(roots: List[Module]) -> Iterator[None]:
         with torch.no_grad():
             for buffer, saved in saved_buffers:
                 buffer.copy_(saved)
-            for param, grad, saved in saved_grads:
+            for param, grad, saved_grad in saved_grads:
                 param.grad = grad
-                if grad is not None:
-                    grad.copy_(saved)
+                if grad is not None and saved_grad is not None:
+                    grad.copy_(saved_grad)

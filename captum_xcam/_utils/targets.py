@@ -1,6 +1,6 @@
 """Target selection with Captum's rules, checked first."""
 
-from typing import Callable, Optional
+from typing import Callable, Optional, overload
 
 import torch
 from captum._utils.typing import TargetType
@@ -67,6 +67,14 @@ def scoring(forward_func: Callable, target: TargetType) -> Callable[..., Tensor]
         return select_target_scores(forward_func(*args), target)
 
     return score
+
+
+@overload
+def rows_of(args: tuple, rows: Tensor) -> tuple: ...
+
+
+@overload
+def rows_of(args: Optional[tuple], rows: Tensor) -> Optional[tuple]: ...
 
 
 def rows_of(args: Optional[tuple], rows: Tensor) -> Optional[tuple]:

@@ -2,19 +2,24 @@
 import sys
 import warnings
 from pathlib import Path
-from typing import Type
+from types import FrameType
+from typing import Optional, Type
 
 _OURS = tuple(
-    str(Path(module.__file__).parent)
-    for module in (sys.modules["captum_xcam"], __import__("captum"))
-    if getattr(module, "__file__", None)
+    str(Path(file).parent)
+    for file in (
+        getattr(module, "__file__", None)
+        for module in (sys.modules["captum_xcam"], __import__("captum"))
+    )
+    if file
 )
 
 
 def warn(message: str, category: Type[Warning]) -> None:
     r"""``warnings.warn`` with the stack level of the first caller outside
     captum-xcam and Captum, so that the warning names the user's line."""
-    frame, level = sys._getframe(1), 1
+    frame: Optional[FrameType] = sys._getframe(1)
+    level = 1
     while frame is not None and frame.f_code.co_filename.startswith(_OURS):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level + 1)

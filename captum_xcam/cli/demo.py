@@ -8,8 +8,9 @@ from typing import Dict
 import torch
 from tqdm.auto import tqdm
 
+from captum_xcam import list_methods
 from captum_xcam.cli.errors import CliError
-from captum_xcam.cli.methods import METHODS, attribute, parse_methods
+from captum_xcam.cli.methods import attribute, parse_methods
 from captum_xcam.cli.output import staged_output, write_csv, write_json
 from captum_xcam.data import make_synthetic
 from captum_xcam.metrics.report import map_metrics, markdown_table, mean_rows
@@ -44,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="seed of the generated images (default: 2024; the model "
                              "was trained on seed 0)")
     parser.add_argument("--methods", default="all",
-                        help=f"comma-separated, from {','.join(METHODS)} (default: all)")
+                        help=f"comma-separated, from {','.join(list_methods())} (default: all)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 

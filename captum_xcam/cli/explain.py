@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from captum_xcam import MethodInfo, list_methods
 from captum_xcam.cli.errors import CliError
-from captum_xcam.cli.methods import METHODS, CamMethod, attribute, parse_methods
+from captum_xcam.cli.methods import attribute, parse_methods
 from captum_xcam.cli.model_sources import model_source
 from captum_xcam.cli.output import staged_output, unique_stems, write_csv, write_json
 from captum_xcam.data import find_images, read_image
@@ -51,8 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layer", help="dotted name of the CAM layer (default: the "
                                         "architecture's last block, e.g. layer4; required "
                                         "for a builder's model unless it is a timm model)")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated, from {','.join(METHODS)} (default: all)")
+    parser.add_argument("--methods", default=",".join(list_methods()),
+                        help=f"comma-separated, from {','.join(list_methods())} (default: all)")
     parser.add_argument("--target", default="auto",
                         help="auto (the predicted class), a class index, or a class name "
                              "of the weights (default: auto)")
@@ -77,7 +78,7 @@ class Job:
     preprocessing: Preprocessing
     categories: Optional[Sequence[str]]
     target: Optional[int]
-    methods: List[CamMethod]
+    methods: List[MethodInfo]
     device: torch.device
     weights: Optional[str]
 

@@ -1,62 +1,32 @@
-r"""The CAM methods by their command-line names, and how each is run and timed."""
+r"""The CAM methods by their registry keys, and how each is run and timed."""
 import time
-from dataclasses import dataclass
-from typing import Dict, List, Tuple, Type
+from typing import List, Tuple
 
 import torch
 from captum._utils.typing import TargetType
-from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
-from captum_xcam import (
-    GuidedLayerCam,
-    LayerAblationCam,
-    LayerGradCamPlusPlus,
-    LayerLiftCam,
-    LayerScoreCam,
-    LayerXGradCam,
-)
+from captum_xcam import GuidedLayerCam, MethodInfo, list_methods, method_info
 from captum_xcam.cli.errors import CliError
 
-
-@dataclass(frozen=True)
-class CamMethod:
-    r"""A CAM class under its command-line ``key`` and display ``name``;
-    ``perturbation`` methods replay the model once per channel (Ablation-CAM
-    the part after the layer, Score-CAM the whole model) and take
-    ``perturbations_per_eval`` and ``show_progress``."""
-
-    key: str
-    name: str
-    cam: Type[LayerAttribution]
-    perturbation: bool = False
-
-
-METHODS: Dict[str, CamMethod] = {m.key: m for m in (
-    CamMethod("xgradcam", "XGrad-CAM", LayerXGradCam),
-    CamMethod("gradcampp", "Grad-CAM++", LayerGradCamPlusPlus),
-    CamMethod("ablationcam", "Ablation-CAM", LayerAblationCam, perturbation=True),
-    CamMethod("scorecam", "Score-CAM", LayerScoreCam, perturbation=True),
-    CamMethod("liftcam", "LIFT-CAM", LayerLiftCam),
-    CamMethod("gradcam", "Grad-CAM (Captum)", LayerGradCam),
-)}
 PERTURBATIONS_PER_EVAL = 64
 
 
-def parse_methods(text: str) -> List[CamMethod]:
-    r"""Comma-separated keys of :data:`METHODS` ("all" for every one)."""
+def parse_methods(text: str) -> List[MethodInfo]:
+    r"""Comma-separated keys of the registry (:func:`captum_xcam.list_methods`),
+    or "all" for every one."""
     keys = [key.strip().lower() for key in text.split(",") if key.strip()]
     if keys == ["all"]:
-        return list(METHODS.values())
-    unknown = [key for key in keys if key not in METHODS]
+        keys = list_methods()
+    unknown = [key for key in keys if key not in list_methods()]
     if unknown or not keys:
         raise CliError(f"Unknown method {', '.join(unknown) or repr(text)}; choose from "
-                       f"{','.join(METHODS)} (comma-separated) or all.")
-    return [METHODS[key] for key in dict.fromkeys(keys)]
+                       f"{','.join(list_methods())} (comma-separated) or all.")
+    return [method_info(key) for key in dict.fromkeys(keys)]
 
 
 def attribute(
-    method: CamMethod,
+    method: MethodInfo,
     model: nn.Module,
     layer: nn.Module,
     inputs: Tensor,
@@ -73,6 +43,8 @@ def attribute(
     if method.perturbation:
         kwargs = {"perturbations_per_eval": PERTURBATIONS_PER_EVAL,
                   "show_progress": show_progress}
+    if not method.uses_target:
+        target = None
     start = time.perf_counter()
     if guided:
         attributions = GuidedLayerCam(model, layer, cam=method.cam).attribute(

@@ -183,7 +183,8 @@ class BuilderSource(ModelSource):
 
     def load(self, checkpoint: Optional[Path], num_classes: Optional[int]) -> nn.Module:
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
-        call = f"{self.label}({'num_classes=%d' % num_classes if kwargs else ''})"
+        shown = "" if num_classes is None else f"num_classes={num_classes:d}"
+        call = f"{self.label}({shown})"
         try:
             with _current_folder_importable():
                 model = self.builder(**kwargs)

@@ -121,7 +121,8 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
 def _grid(size: int) -> Tuple[Tensor, Tensor]:
     r"""Pixel-centre coordinates ``(y, x)``, each (size, size)."""
     coords = torch.arange(size, dtype=torch.float32)
-    return torch.meshgrid(coords, coords, indexing="ij")
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    return y, x
 
 
 def _rotated(y: Tensor, x: Tensor, cy: float, cx: float, angle: float) -> Tuple[Tensor, Tensor]:

@@ -2,14 +2,14 @@ r"""XGrad-CAM's axioms (Fu et al., "Axiom-based Grad-CAM", BMVC 2020):
 Conservation and Sensitivity, measured per image."""
 from typing import Callable, NamedTuple, Optional, Tuple
 
-from captum._utils.common import _format_additional_forward_args
 from captum._utils.typing import TargetType
 from captum.attr import LayerAttribution
 from torch import Tensor
 from torch.nn import Module
 
 from captum_xcam._core.ablation_cam import ablated_channel_scores
-from captum_xcam._core.layer_tail import layer_tail
+from captum_xcam._utils.formatting import as_forward_args
+from captum_xcam._utils.layer_tail import layer_tail
 
 
 class AxiomErrors(NamedTuple):
@@ -37,7 +37,7 @@ def channel_ablation_scores(
     at the layer, as for Ablation-CAM); the result serves every method's
     axiom errors.
     """
-    args = _format_additional_forward_args(additional_forward_args)
+    args = as_forward_args(additional_forward_args)
     tail = layer_tail(forward_func, layer, (inputs,), args, target, attribute_to_layer_input)
     ablated = ablated_channel_scores(
         tail, perturbations_per_eval, show_progress, desc="Channel ablations"

@@ -3,10 +3,10 @@ WACV 2018, sec. 4.1)."""
 from typing import Callable, NamedTuple, Optional
 
 import torch
-from captum._utils.common import _format_additional_forward_args
 from captum._utils.typing import TargetType
 from torch import Tensor
 
+from captum_xcam._utils.formatting import as_forward_args
 from captum_xcam.metrics._maps import (
     check_batch,
     input_resolution_maps,
@@ -75,7 +75,7 @@ def confidence_change(
     Returns:
         :class:`ConfidenceChange` with per-image tensors, on the inputs' device.
     """
-    args = _format_additional_forward_args(additional_forward_args)
+    args = as_forward_args(additional_forward_args)
     maps = input_resolution_maps(attributions, inputs.shape[2:], interpolate_mode, reduce)
     check_batch(inputs, maps)
     explanation = min_max_normalized(maps).to(inputs.device, inputs.dtype).unsqueeze(1)

@@ -3,12 +3,12 @@ import math
 from typing import Callable, NamedTuple, Optional, Union
 
 import torch
-from captum._utils.common import _format_additional_forward_args
-from captum._utils.progress import progress
 from captum._utils.typing import TargetType
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
+from captum_xcam._utils.chunks import check_perturbations_per_eval, evaluate_in_chunks
+from captum_xcam._utils.formatting import as_forward_args
 from captum_xcam._utils.targets import TargetSelector, rows_of
 from captum_xcam.metrics._maps import check_batch, input_resolution_maps
 
@@ -73,8 +73,9 @@ def deletion(
                     of the inputs. Default: "zeros"
         softmax (bool, optional): Score the softmax probability, as the paper
                     does; False scores the raw output. Default: True
-        perturbations_per_eval (int, optional): Modified images per forward
-                    pass. Default: 64
+        perturbations_per_eval (int, optional): Modified copies of each
+                    image per forward pass (as in Captum: N images make N
+                    times as many rows). Default: 64
         show_progress (bool, optional): Show a progress bar. Default: False
 
     Returns:
@@ -174,37 +175,30 @@ def _pixel_curves(
     step = width if step is None else step
     if not isinstance(step, int) or step < 1:
         raise ValueError(f"step must be a positive int, got {step!r}.")
-    if not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
-        raise ValueError(
-            f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}."
-        )
-    args = _format_additional_forward_args(additional_forward_args)
+    check_perturbations_per_eval(perturbations_per_eval)
+    args = as_forward_args(additional_forward_args)
     num_steps = math.ceil(pixels / step)
     changed = torch.clamp(torch.arange(num_steps + 1, device=inputs.device) * step, max=pixels)
     ranks = pixel_ranks(maps.to(inputs.device)).reshape(n, 1, height, width)
     background = substrate_for(inputs, substrate)
     start, end = (background, inputs) if insert else (inputs, background)
-
-    # Every (image, step) pair is one modified image; evaluate them in chunks.
-    pairs = torch.arange(n * (num_steps + 1), device=inputs.device)
-    curves = torch.empty(n * (num_steps + 1), dtype=inputs.dtype, device=inputs.device)
     select: Optional[TargetSelector] = None
-    bar = progress(total=len(pairs), desc="Insertion" if insert else "Deletion",
-                   disable=not show_progress)
-    try:
-        for chunk in pairs.split(perturbations_per_eval):
-            rows, steps = chunk // (num_steps + 1), chunk % (num_steps + 1)
-            is_changed = ranks[rows] < changed[steps].reshape(-1, 1, 1, 1)
-            modified = torch.where(is_changed, end[rows], start[rows])
-            with torch.no_grad():
-                output = forward_func(modified, *(rows_of(args, rows) or ()))
-                if softmax:
-                    output = output.softmax(dim=1)
-                select = select or TargetSelector.for_examples(target, output, n)
-                curves[chunk] = select(output, rows).to(curves.dtype)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-    curves = curves.reshape(n, num_steps + 1)
+
+    def modified_scores(rows: Tensor, steps: Tensor) -> Tensor:
+        nonlocal select
+        is_changed = ranks[rows] < changed[steps].reshape(-1, 1, 1, 1)
+        modified = torch.where(is_changed, end[rows], start[rows])
+        with torch.no_grad():
+            output = forward_func(modified, *(rows_of(args, rows) or ()))
+            if softmax:
+                output = output.softmax(dim=1)
+            select = select or TargetSelector.for_examples(target, output, n)
+            return select(output, rows).to(inputs.dtype)
+
+    # Every (image, step) pair is one modified image.
+    curves = evaluate_in_chunks(
+        n, num_steps + 1, modified_scores, perturbations_per_eval, inputs.device,
+        show_progress, desc="Insertion" if insert else "Deletion",
+    )
     fractions = changed.to(curves.dtype) / pixels
     return PixelCurves(curves, fractions, torch.trapezoid(curves, fractions, dim=1))

@@ -5,14 +5,14 @@ import math
 from typing import Callable, Optional
 
 import torch
-from captum._utils.common import _format_additional_forward_args
-from captum._utils.progress import progress
 from captum._utils.typing import TargetType
 from captum.attr import LayerActivation, LayerAttribution, ShapleyValueSampling
 from torch import Tensor
 from torch.nn import Module
 
-from captum_xcam._core.layer_tail import layer_tail
+from captum_xcam._utils.chunks import evaluate_in_chunks
+from captum_xcam._utils.formatting import as_forward_args
+from captum_xcam._utils.layer_tail import layer_tail
 from captum_xcam._utils.targets import TargetSelector, rows_of
 
 
@@ -75,7 +75,8 @@ def channel_shapley_values(
     """
     if method not in ("auto", "exact", "sampling"):
         raise ValueError(f'method must be "auto", "exact" or "sampling", got {method!r}.')
-    args = _format_additional_forward_args(additional_forward_args)
+    args = as_forward_args(additional_forward_args)
+    value: Callable[..., Tensor]
     if layer_forward_func is None:
         tail = layer_tail(forward_func, layer, (inputs,), args, target, attribute_to_layer_input)
         activations, value, value_args = tail.activations, tail.module(), None
@@ -123,24 +124,21 @@ def _exact_shapley(
     bits = 2 ** torch.arange(channels, device=device)
     members = (torch.arange(coalitions, device=device).reshape(-1, 1) & bits) > 0  # (2^K, K)
     spatial = (1,) * (activations.dim() - 2)
-    values = torch.empty(coalitions * n, dtype=torch.float64, device=device)
-    # Pair p is coalition p // n of example p % n, so that every chunk of a
-    # multiple of n pairs lists the examples in order, as a LayerTail's module expects.
-    pairs = torch.arange(coalitions * n, device=device)
     select: Optional[TargetSelector] = None
-    bar = progress(total=coalitions, desc="Exact Shapley coalitions", disable=not show_progress)
-    try:
-        for chunk in pairs.split(perturbations_per_eval * n):
-            rows, subsets = chunk % n, chunk // n
-            layer_value = activations[rows] * members[subsets].reshape(-1, channels, *spatial)
-            with torch.no_grad():
-                output = value(layer_value, *(rows_of(args, rows) or ()))
-            select = select or TargetSelector.for_examples(target, output, n)
-            values[chunk] = select(output, rows).double()
-            bar.update(len(chunk) // n)
-    finally:
-        bar.close()
-    values = values.reshape(coalitions, n).T  # (N, 2^K)
+
+    def coalition_values(rows: Tensor, subsets: Tensor) -> Tensor:
+        nonlocal select
+        layer_value = activations[rows] * members[subsets].reshape(-1, channels, *spatial)
+        with torch.no_grad():
+            output = value(layer_value, *(rows_of(args, rows) or ()))
+        select = select or TargetSelector.for_examples(target, output, n)
+        return select(output, rows).double()
+
+    # Every chunk lists the examples in order, as a LayerTail's module expects.
+    values = evaluate_in_chunks(
+        n, coalitions, coalition_values, perturbations_per_eval, device, show_progress,
+        desc="Exact Shapley coalitions",
+    )  # (N, 2^K)
     sizes = members.sum(1)
     weight = torch.tensor(
         [math.factorial(s) * math.factorial(channels - s - 1) / math.factorial(channels)
@@ -189,7 +187,7 @@ def channel_weights(
     )
     activations = LayerActivation(cam.forward_func, cam.layer).attribute(
         inputs,
-        additional_forward_args=_format_additional_forward_args(additional_forward_args),
+        additional_forward_args=as_forward_args(additional_forward_args),
         attribute_to_layer_input=attribute_to_layer_input,
     )
     return weights_from_maps(per_channel.detach(), activations.detach())
