@@ -16,23 +16,34 @@ the hand-written models of ``benchmarks/zoo_models.py``, one per idiom of
 third-party code. Random weights with lively BatchNorm statistics (nothing is
 downloaded), 10 classes, random normal images, the predicted class explained.
 
-For each case and method (ours and Captum's ``LayerGradCam``) the reference is
-computed here from the paper's formula with our own hooks and loops, sharing
-no code with the library:
+For each case and method (every registered one, ``captum_xcam.list_methods()``,
+and Captum's ``LayerGradCam``) the reference is computed here from the paper's
+formula with our own hooks and loops, sharing no code with the library
+(:data:`REFERENCES` maps each registry key to its check):
 
-- XGrad-CAM ``w_k = sum(A G) / sum(A)``, Grad-CAM++ ``alpha = G^2 / (2 G^2 +
-  sum(A) G^3)``, ``w_k = sum(alpha relu(G))``, Grad-CAM ``w_k = mean(G)``, from
-  ``A`` and ``G = dy/dA`` of a forward hook and autograd, on every channel;
+- from ``A`` and ``G = dy/dA`` of a forward hook and autograd: Grad-CAM
+  ``w_k = mean(G)``, XGrad-CAM ``w_k = sum(A G) / sum(A)``, Grad-CAM++
+  ``alpha = G^2 / (2 G^2 + sum(A) G^3)``, ``w_k = sum(alpha relu(G))``, on
+  every channel; HiResCAM ``G A``, LayerCAM ``relu(G) A`` and Element-wise
+  Grad-CAM ``relu(G A)`` per channel and position; EigenCAM's projection
+  ``v_k (A_k - mean A_k)`` with ``v`` from the eigenvectors of the positions'
+  Gram matrix (not an SVD of the activations), signed as documented;
 - Ablation-CAM ``(y - y_k) / y``, the whole model re-run with channel ``k``
   zeroed by a hook, and Score-CAM ``f(X H_k) - f(0)``, the mask ``H_k`` built
   by hand (bilinear upsampling, ``align_corners=False``, min-max
-  normalisation, zero baseline), on a few sampled channels per image;
+  normalisation, zero baseline), SS-CAM the mean over its noisy masks
+  ``H_k + delta_s`` (the documented seeded draw), IS-CAM the mean over the
+  scaled masks ``(s / S) H_k``, on a few sampled channels per image;
 - LIFT-CAM's completeness ``sum_k w_k = f(A) - f(0)``, relative to
   ``max(|f(A)|, |f(0)|)``, ``f(0)`` from a hook that zeroes the layer.
 
 Each method's weights are read back from its per-channel maps
 (``attr_dim_summation=False``) and the error is the largest difference from
-the reference relative to the largest reference weight. Besides: the path
+the reference relative to the largest reference weight (for the methods with
+a weight per position, and EigenCAM, the per-channel maps themselves are
+compared). SS-CAM and IS-CAM run with fewer samples than their defaults
+(:data:`ZOO_KWARGS`): each sample costs a Score-CAM, and the check is of the
+formula. Besides: the path
 (``layer_tail``: the part after the layer alone, or the whole model, and
 why), how often the first module of the model ran per call (1: the part
 before the layer ran once), each method's time in forward passes without
@@ -47,13 +58,12 @@ The row says which. Writes ``zoo.md`` and ``zoo.json`` into ``--out``
 """
 
 import argparse
-import datetime
+import dataclasses
+import inspect
 import json
-import platform
 import statistics
 import sys
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,36 +74,49 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import captum  # noqa: E402
 from captum.attr import LayerGradCam  # noqa: E402
 
-import captum_xcam  # noqa: E402
-from benchmarks.zoo_models import HAND_WRITTEN, NUM_CLASSES  # noqa: E402
-from captum_xcam import (  # noqa: E402
-    LayerAblationCam,
-    LayerGradCamPlusPlus,
-    LayerLiftCam,
-    LayerScoreCam,
-    LayerXGradCam,
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    BenchmarkMethod,
+    CaughtWarning,
+    Environment,
+    MethodCheck,
+    ZooRow,
+    benchmark_methods,
+    command_line,
+    per_example,
+    recorded_warnings,
 )
-from captum_xcam._core.layer_tail import layer_tail  # noqa: E402
+from benchmarks.zoo_models import HAND_WRITTEN, NUM_CLASSES  # noqa: E402
+from captum_xcam import method_info  # noqa: E402
+from captum_xcam._utils.layer_tail import layer_tail  # noqa: E402
 from captum_xcam.models import classification_models, default_cam_layer  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
-METHODS = {
-    "XGrad-CAM": (LayerXGradCam, {}),
-    "Grad-CAM++": (LayerGradCamPlusPlus, {}),
-    "Ablation-CAM": (LayerAblationCam, {"perturbations_per_eval": 64}),
-    "Score-CAM": (LayerScoreCam, {"perturbations_per_eval": 64}),
-    "LIFT-CAM": (LayerLiftCam, {}),
-    "Grad-CAM (Captum)": (LayerGradCam, {}),
-}
+#: Rows per forward pass of the perturbation methods (``perturbations_per_eval``
+#: counts them per example: it is this divided by the number of images).
+ROWS_PER_PASS = 64
+#: SS-CAM's and IS-CAM's samples: each costs a Score-CAM; two check
+#: the formula (the noise, the scales) as well as the defaults' 35 and 10.
+ZOO_KWARGS = {"sscam": {"num_samples": 2}, "iscam": {"num_samples": 2}}
+CAPTUM_GRAD_CAM = BenchmarkMethod(
+    dataclasses.replace(method_info("gradcam"), cam=LayerGradCam), label="Captum")
+
+
+def zoo_methods(n_images: int = 2) -> List[BenchmarkMethod]:
+    r"""Every registered method with the zoo's settings, then Captum's
+    ``LayerGradCam`` (checked against Grad-CAM's reference)."""
+    return benchmark_methods(
+        perturbation_kwargs={"perturbations_per_eval": per_example(ROWS_PER_PASS, n_images)},
+        kwargs=ZOO_KWARGS,
+    ) + [CAPTUM_GRAD_CAM]
+
+
 TOLERANCE = {torch.float64: 1e-7, torch.float32: 1e-3}
 LIFT_TOLERANCE = {torch.float64: 1e-4, torch.float32: 1e-3}
-SAMPLED_CHANNELS = 3  # per image, for Ablation-CAM and Score-CAM
+SAMPLED_CHANNELS = 3  # per image, for the perturbation methods
 FLOAT64_WORK = 100  # GFLOP of Score-CAM's forward passes (channels x images x forward)
 TWO_IMAGE_WORK = 50  # GFLOP per image
 WEAK_EFFECT = 1e-3  # see layer_effect
@@ -360,6 +383,42 @@ def gradcam_weights(ref: Reference) -> Tensor:
     return ref.G.mean((2, 3))
 
 
+def hirescam_maps(ref: Reference) -> Tensor:
+    return ref.G * ref.A
+
+
+def layercam_maps(ref: Reference) -> Tensor:
+    return torch.relu(ref.G) * ref.A
+
+
+def elementwise_maps(ref: Reference) -> Tensor:
+    return torch.relu(ref.G * ref.A)
+
+
+def eigencam_maps(ref: Reference) -> Tuple[Tensor, Tensor]:
+    r"""EigenCAM's per-channel maps ``v_k (A_k - mean A_k)`` (float64) and,
+    per image, whether the documented sign rule cannot decide (the
+    projection is uncorrelated with the channels' mean map). ``v`` comes
+    from the top eigenvector ``u`` of the positions' Gram matrix ``M^T M``
+    of the centred activations ``M`` (K x P): ``v = M u / sigma``, the
+    projection ``sigma u``; signed so that the projection correlates
+    non-negatively with the mean over the channels of ``A``."""
+    A = ref.A.double()
+    X = A.flatten(2)  # (N, K, P)
+    M = X - X.mean(2, keepdim=True)
+    values, vectors = torch.linalg.eigh(M.transpose(1, 2) @ M)  # ascending
+    u, sigma = vectors[..., -1], values[..., -1].clamp_min(0).sqrt()
+    v = (M @ u.unsqueeze(2)).squeeze(2) / sigma.clamp_min(1e-300).unsqueeze(1)
+    projection = sigma.unsqueeze(1) * u
+    mean_map = X.mean(1)
+    centred = mean_map - mean_map.mean(1, keepdim=True)
+    correlation = (projection * centred).sum(1)
+    undecided = correlation.abs() <= 1e-9 * projection.norm(dim=1) * centred.norm(dim=1)
+    sign = torch.where(correlation < 0, -1.0, 1.0).to(A.dtype)
+    maps = (sign * torch.where(sigma > 0, 1.0, 0.0)).reshape(-1, 1, 1) * v.unsqueeze(2) * M
+    return maps.reshape(A.shape), undecided
+
+
 def ablation_weight(forward, layer, x, targets, ref: Reference, n: int, k: int) -> float:
     def zero_k(a: Tensor) -> Tensor:
         a = a.clone()
@@ -370,7 +429,8 @@ def ablation_weight(forward, layer, x, targets, ref: Reference, n: int, k: int) 
     return float((ref.y[n] - y_k) / ref.y[n])
 
 
-def score_cam_weight(forward, x, targets, ref: Reference, n: int, k: int) -> float:
+def score_cam_mask(ref: Reference, x: Tensor, n: int, k: int) -> Tensor:
+    r"""Score-CAM's mask ``H_k`` of image ``n``, at the input's resolution."""
     up = F.interpolate(ref.A[n, k][None, None], size=x.shape[2:], mode="bilinear",
                        align_corners=False)[0, 0]
     low, high = up.min(), up.max()
@@ -378,11 +438,54 @@ def score_cam_weight(forward, x, targets, ref: Reference, n: int, k: int) -> flo
     # itself, since bilinear interpolation of a 1x1 map varies by rounding
     # (1e-16), which min-max normalisation would blow up into a noise mask.
     constant = bool(ref.A[n, k].max() == ref.A[n, k].min())
-    mask = torch.zeros_like(up) if constant or high == low else (up - low) / (high - low)
-    with torch.no_grad():
-        masked = forward(x[n:n + 1] * mask)[0, targets[n]]
-        baseline = forward(torch.zeros_like(x[n:n + 1]))[0, targets[n]]
-    return float(masked - baseline)
+    return torch.zeros_like(up) if constant or high == low else (up - low) / (high - low)
+
+
+def setting(method: BenchmarkMethod, name: str) -> object:
+    r"""The value of ``attribute``'s keyword ``name`` that ``method`` runs with."""
+    if name in method.kwargs:
+        return method.kwargs[name]
+    return inspect.signature(method.info.cam.attribute).parameters[name].default
+
+
+def score_cam_masks(method: BenchmarkMethod, mask: Tensor) -> List[Tensor]:
+    r"""The masks whose score increases a Score-CAM variant averages:
+    ``H``; SS-CAM's ``H + delta_s``, the noise drawn as its docstring says
+    (one seeded float64 draw of shape (S, 1, height, width), times
+    ``stddev``); IS-CAM's ``(s / S) H`` for s = 1..S."""
+    if method.key == "scorecam":
+        return [mask]
+    samples = int(setting(method, "num_samples"))
+    if method.key == "sscam":
+        generator = torch.Generator().manual_seed(int(setting(method, "seed")))
+        noise = torch.randn((samples, 1) + tuple(mask.shape), generator=generator,
+                            dtype=torch.float64) * float(setting(method, "stddev"))
+        return [mask + noise[s, 0].to(mask.dtype) for s in range(samples)]
+    if method.key == "iscam":
+        return [mask * ((s + 1) / samples) for s in range(samples)]
+    raise KeyError(method.key)
+
+
+@dataclass
+class Replays:
+    r"""The perturbation methods' references, one channel of one image at a
+    time: the whole model re-run for each perturbation."""
+
+    forward: Callable
+    layer: nn.Module
+    x: Tensor
+    targets: Tensor
+    ref: Reference
+
+    def weight(self, method: BenchmarkMethod, n: int, k: int) -> float:
+        if method.key == "ablationcam":
+            return ablation_weight(self.forward, self.layer, self.x, self.targets, self.ref, n, k)
+        masks = score_cam_masks(method, score_cam_mask(self.ref, self.x, n, k))
+        image, target = self.x[n:n + 1], self.targets[n]
+        with torch.no_grad():
+            baseline = self.forward(torch.zeros_like(image))[0, target]
+            masked = [self.forward(image * mask)[0, target] for mask in masks]
+        return float(sum(score - baseline for score in masked) / len(masks))
 
 
 def live_channels(A: Tensor) -> Tensor:
@@ -403,7 +506,7 @@ def sampled_channels(live: Tensor, per_image: int, seed: int = 0) -> List[Tuple[
 
 
 # ----------------------------------------------------------------------------
-# Checks
+# Checks: each method's per-channel maps against its reference
 
 
 def implied_weights(maps: Tensor, A: Tensor) -> Tensor:
@@ -426,22 +529,78 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
     return float((actual - expected).abs().max()) / scale
 
 
-def method_error(name: str, weights: Tensor, ref: Reference, probe) -> Tuple[float, str]:
-    r"""The method's error against its reference, and what was compared."""
-    live = live_channels(ref.A)
-    closed_form = {"XGrad-CAM": xgrad_weights, "Grad-CAM++": gradcampp_weights,
-                   "Grad-CAM (Captum)": gradcam_weights}
-    if name in closed_form:
-        return (relative_error(weights[live], closed_form[name](ref)[live]),
+Check = Callable[[BenchmarkMethod, Tensor, Reference, Replays], Tuple[float, str]]
+
+
+def weights_check(closed_form: Callable[[Reference], Tensor]) -> Check:
+    r"""The weights read back from the maps against ``closed_form(ref)``, on
+    every live channel."""
+
+    def check(method, maps, ref, replays):
+        live = live_channels(ref.A)
+        return (relative_error(implied_weights(maps, ref.A)[live], closed_form(ref)[live]),
                 f"{int(live.sum())} live channels")
-    if name == "LIFT-CAM":
-        total = (weights * live).sum(1)
-        scale = torch.maximum(ref.y.abs(), ref.f0.abs()).clamp_min(1e-300)
-        return float(((total - (ref.y - ref.f0)).abs() / scale).max()), "completeness"
-    picked = sampled_channels(live, SAMPLED_CHANNELS)
-    expected = torch.tensor([probe(name, n, k) for n, k in picked], dtype=torch.float64)
+
+    return check
+
+
+def maps_check(closed_form: Callable[[Reference], Tensor]) -> Check:
+    r"""The per-channel maps against ``closed_form(ref)``, everywhere."""
+
+    def check(method, maps, ref, replays):
+        return relative_error(maps.double(), closed_form(ref).double()), "per-channel maps"
+
+    return check
+
+
+def eigencam_check(method, maps, ref, replays) -> Tuple[float, str]:
+    expected, undecided = eigencam_maps(ref)
+    maps = maps.double()
+    scale = max(float(expected.abs().max()), torch.finfo(torch.float64).tiny)
+    gap = (maps - expected).flatten(1).abs().amax(1)
+    flipped = (maps + expected).flatten(1).abs().amax(1)
+    gap = torch.where(undecided, torch.minimum(gap, flipped), gap)
+    return float(gap.max()) / scale, "per-channel maps, sign as documented"
+
+
+def completeness_check(method, maps, ref, replays) -> Tuple[float, str]:
+    total = (implied_weights(maps, ref.A) * live_channels(ref.A)).sum(1)
+    scale = torch.maximum(ref.y.abs(), ref.f0.abs()).clamp_min(1e-300)
+    return float(((total - (ref.y - ref.f0)).abs() / scale).max()), "completeness"
+
+
+def replay_check(method, maps, ref, replays) -> Tuple[float, str]:
+    weights = implied_weights(maps, ref.A)
+    picked = sampled_channels(live_channels(ref.A), SAMPLED_CHANNELS)
+    expected = torch.tensor([replays.weight(method, n, k) for n, k in picked],
+                            dtype=torch.float64)
     actual = torch.tensor([float(weights[n, k]) for n, k in picked], dtype=torch.float64)
     return relative_error(actual, expected), f"{len(picked)} sampled channels"
+
+
+#: The check of each registry key (Captum's Grad-CAM shares Grad-CAM's).
+REFERENCES: Dict[str, Check] = {
+    "gradcam": weights_check(gradcam_weights),
+    "xgradcam": weights_check(xgrad_weights),
+    "gradcampp": weights_check(gradcampp_weights),
+    "hirescam": maps_check(hirescam_maps),
+    "layercam": maps_check(layercam_maps),
+    "elementwisegradcam": maps_check(elementwise_maps),
+    "eigencam": eigencam_check,
+    "liftcam": completeness_check,
+    "ablationcam": replay_check,
+    "scorecam": replay_check,
+    "sscam": replay_check,
+    "iscam": replay_check,
+}
+
+
+def method_error(method: BenchmarkMethod, maps: Tensor, ref: Reference,
+                 replays: Replays) -> Tuple[float, str]:
+    r"""The method's error against its reference, and what was compared."""
+    if method.key not in REFERENCES:
+        raise LookupError(f"no reference for {method.key!r} in benchmarks/zoo.py (REFERENCES)")
+    return REFERENCES[method.key](method, maps, ref, replays)
 
 
 class CallCounter:
@@ -492,79 +651,83 @@ def changes(before: Dict[str, object], after: Dict[str, object]) -> List[str]:
     return found
 
 
-@contextmanager
-def recorded_warnings(into: List[dict], step: str) -> Iterator[None]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        line = (str(w.message).strip().splitlines() or [""])[0]
-        into.append({"step": step, "category": w.category.__name__, "message": line[:300]})
-
-
 # ----------------------------------------------------------------------------
 # One case
 
 
-def check_case(case: Case) -> dict:
+def check_case(case: Case) -> ZooRow:
     r"""Runs every method on ``case`` and its references; returns the row:
-    ``status`` ("correct", "incorrect", "no layer" or "error", with a
-    ``note``), ``layer``, ``dtype``, ``images``, ``channels``, ``path`` ("tail
-    only" or "whole model") with ``reason``, ``forward_seconds``, ``methods``
-    (per method: ``error``, ``tolerance``, ``correct``, ``compared``,
-    ``seconds``, ``forward_passes``, ``head_runs``: runs of the model's first
-    module per call, or ``exception``), ``model_as_found`` with ``changes``,
-    ``warnings`` (step, category, first line) and ``layer_effect``."""
-    row = {"case": case.name, "source": case.source, "model": case.model, "size": case.size}
+    ``status`` ("correct", "incorrect", "unresolved", "no layer" or "error",
+    with a ``note``), ``layer``, ``dtype``, ``images``, ``channels``, ``path``
+    ("tail only" or "whole model") with ``reason``, ``forward_seconds``,
+    ``methods`` (a :class:`MethodCheck` per method name), ``model_as_found``
+    with ``changes``, ``warnings`` (:class:`CaughtWarning`) and
+    ``layer_effect``."""
+    row = ZooRow(case.name, case.source, case.model, case.size)
     start = time.perf_counter()
     try:
-        model, forward, row["layer"] = build(case)
-        _check(case, model, forward, model.get_submodule(row["layer"]), row)
+        model, forward, row.layer = build(case)
+        _check(case, model, forward, model.get_submodule(row.layer), row)
     except NoCamLayer as error:
-        return {**row, "status": "no layer", "note": str(error)}
+        row.status, row.note = "no layer", str(error)
+        return row
     except Exception as error:  # a case that cannot run at all: say why, go on
-        row.update(status="error", note=f"{type(error).__name__}: {_first_line(error)}")
-    row["seconds"] = time.perf_counter() - start
+        row.status, row.note = "error", f"{type(error).__name__}: {_first_line(error)}"
+    row.seconds = time.perf_counter() - start
     return row
 
 
-def _check(case: Case, model: nn.Module, forward: Callable, layer: nn.Module, row: dict) -> None:
-    dtype, n_images, work = precision(case, model, forward, layer)
+def _check(case: Case, model: nn.Module, forward: Callable, layer: nn.Module,
+           row: ZooRow) -> None:
+    dtype, n_images, row.score_cam_gflop = precision(case, model, forward, layer)
     model.to(dtype)
     x = torch.randn(n_images, 3, case.size, case.size,
                     generator=torch.Generator().manual_seed(1)).to(dtype)
-    row.update(dtype=str(dtype).replace("torch.", ""), images=n_images, score_cam_gflop=work,
-               replay_noise=replay_noise(forward, x))
+    row.dtype, row.images = str(dtype).replace("torch.", ""), n_images
+    row.replay_noise = replay_noise(forward, x)
     before = snapshot(model)
-    caught: List[dict] = []
+    with torch.no_grad():
+        targets = forward(x).argmax(1)
+    runs = run_methods(zoo_methods(n_images), model, forward, layer, x, targets, row)
+    ref = reference(forward, layer, x, targets)
+    row.channels, row.layer_shape = ref.A.shape[1], list(ref.A.shape[1:])
+    row.layer_effect = layer_effect(ref)
+    replays = Replays(forward, layer, x, targets, ref)
+    row.methods = {method.name: graded(method, entry, maps, dtype, ref, replays, row)
+                   for method, entry, maps in runs}
+    row.changes = changes(before, snapshot(model))
+    row.model_as_found = not row.changes
+    row.status, row.note = verdict(row)
+
+
+def run_methods(methods: List[BenchmarkMethod], model: nn.Module, forward: Callable,
+                layer: nn.Module, x: Tensor, targets: Tensor,
+                row: ZooRow) -> List[Tuple[BenchmarkMethod, MethodCheck, Optional[Tensor]]]:
+    r"""Every method's entry and maps, after the forward time and the path
+    (which traces the split once, so that the methods' times do not include
+    it) are in ``row``; the warnings go to ``row.warnings``."""
     counter = CallCounter(model, forward, x)
     try:
-        with torch.no_grad():
-            targets = forward(x).argmax(1)
-        row["forward_seconds"] = forward_seconds(forward, x)
-        row.update(path_of(forward, layer, x, targets, caught))
+        row.forward_seconds = forward_seconds(forward, x)
+        path_of(forward, layer, x, targets, row)
         counter.runs()
-        runs = {name: run_method(name, forward, layer, x, targets, counter, caught)
-                for name in METHODS}
+        return [(m, *run_method(m, forward, layer, x, targets, counter, row.warnings))
+                for m in methods]
     finally:
         counter.handle.remove()
-    ref = reference(forward, layer, x, targets)
-    row.update(channels=ref.A.shape[1], layer_shape=list(ref.A.shape[1:]),
-               layer_effect=layer_effect(ref))
-    probe = probe_of(forward, layer, x, targets, ref)
-    row["methods"] = {name: graded(name, entry, maps, dtype, ref, probe, row["forward_seconds"],
-                                   row["replay_noise"])
-                      for name, (entry, maps) in runs.items()}
-    row["changes"] = changes(before, snapshot(model))
-    row["model_as_found"] = not row["changes"]
-    row["warnings"] = caught
-    verdicts = [m["correct"] for m in row["methods"].values()]
-    row["status"] = ("incorrect" if not row["model_as_found"] or False in verdicts
-                     else "unresolved" if None in verdicts else "correct")
-    if row["status"] == "unresolved":
-        row["note"] = (f"the random model's outputs move by {row['replay_noise']:.1e} of "
-                       f"f(x) - f(0) between lone and batched evaluation in {row['dtype']}, "
-                       "so the replay methods cannot be checked on it; the others are correct")
+
+
+def verdict(row: ZooRow) -> Tuple[str, str]:
+    r"""The row's status and note, from its methods' verdicts and the model's state."""
+    verdicts = [m.correct for m in row.methods.values()]
+    if not row.model_as_found or False in verdicts:
+        return "incorrect", ""
+    if None in verdicts:
+        return "unresolved", (
+            f"the random model's outputs move by {row.replay_noise:.1e} of f(x) - f(0) "
+            f"between lone and batched evaluation in {row.dtype}, so the replay methods "
+            "cannot be checked on it; the others are correct")
+    return "correct", ""
 
 
 def precision(case: Case, model, forward, layer) -> Tuple[torch.dtype, int, float]:
@@ -620,63 +783,56 @@ def forward_seconds(forward: Callable, x: Tensor) -> float:
     return statistics.median(times)
 
 
-def path_of(forward, layer, x, targets, caught: List[dict]) -> dict:
-    r"""Which path the perturbation methods take (tracing the split once, so
-    that the methods' times do not include it)."""
+def path_of(forward, layer, x, targets, row: ZooRow) -> None:
+    r"""Which path the perturbation methods take, into ``row``."""
     start = time.perf_counter()
-    with recorded_warnings(caught, "path"):
+    with recorded_warnings(row.warnings, "path"):
         tail = layer_tail(forward, layer, (x,), None, targets, False)
-    return {
-        "path": tail.path,
-        "tail_class": type(tail).__name__,
-        "reason": getattr(tail, "reason", ""),
-        "path_seconds": time.perf_counter() - start,
-    }
+    row.path, row.tail_class = tail.path, type(tail).__name__
+    row.reason = getattr(tail, "reason", "")
+    row.path_seconds = time.perf_counter() - start
 
 
-def run_method(name, forward, layer, x, targets, counter: CallCounter, caught):
+def run_method(method: BenchmarkMethod, forward, layer, x, targets, counter: CallCounter,
+               caught: List[CaughtWarning]) -> Tuple[MethodCheck, Optional[Tensor]]:
     r"""The method's entry (time, runs of the part before the layer, an
     exception) and its per-channel maps (None after an exception)."""
-    cls, kwargs = METHODS[name]
-    entry: Dict[str, object] = {}
-    maps = None
+    maps, exception = None, None
     start = time.perf_counter()
     try:
-        with recorded_warnings(caught, name):
-            maps = cls(forward, layer).attribute(
-                x, target=targets, attr_dim_summation=False, **kwargs).detach()
+        with recorded_warnings(caught, method.name):
+            maps = method.explainer(forward, layer)(x, targets, attr_dim_summation=False).detach()
     except Exception as error:
-        entry["exception"] = f"{type(error).__name__}: {_first_line(error)}"
-    entry["seconds"] = time.perf_counter() - start
-    entry["head_runs"] = counter.runs()
-    return entry, maps
+        exception = f"{type(error).__name__}: {_first_line(error)}"
+    seconds = time.perf_counter() - start
+    return MethodCheck(seconds, counter.runs(), exception=exception), maps
 
 
-def probe_of(forward, layer, x, targets, ref: Reference) -> Callable[[str, int, int], float]:
-    def probe(name: str, n: int, k: int) -> float:
-        if name == "Ablation-CAM":
-            return ablation_weight(forward, layer, x, targets, ref, n, k)
-        return score_cam_weight(forward, x, targets, ref, n, k)
+def tolerance_of(method: BenchmarkMethod, dtype: torch.dtype, noise: float) -> float:
+    r"""LIFT-CAM's completeness is looser; the replay methods' references run
+    each perturbation alone, the methods in batches: their tolerance is at
+    least ten times the model's :func:`replay_noise`."""
+    tolerance = (LIFT_TOLERANCE if method.key == "liftcam" else TOLERANCE)[dtype]
+    return max(tolerance, 10 * noise) if method.info.perturbation else tolerance
 
-    return probe
 
-
-def graded(name, entry, maps, dtype, ref: Reference, probe, forward_s: float,
-           noise: float) -> dict:
+def graded(method: BenchmarkMethod, entry: MethodCheck, maps: Optional[Tensor],
+           dtype: torch.dtype, ref: Reference, replays: Replays, row: ZooRow) -> MethodCheck:
     r"""The method's entry with its error, tolerance, verdict and time in
-    forward passes. The replay methods' references run each perturbation
-    alone, the methods in batches: their tolerance is at least ten times the
-    model's :func:`replay_noise`."""
-    tolerance = (LIFT_TOLERANCE if name == "LIFT-CAM" else TOLERANCE)[dtype]
-    if name in ("Ablation-CAM", "Score-CAM"):
-        tolerance = max(tolerance, 10 * noise)
-    entry = {**entry, "forward_passes": entry["seconds"] / forward_s, "tolerance": tolerance}
+    forward passes."""
+    tolerance = tolerance_of(method, dtype, row.replay_noise)
+    entry = dataclasses.replace(entry, forward_passes=entry.seconds / row.forward_seconds,
+                                tolerance=tolerance)
     if maps is None:
-        return {**entry, "correct": False}
-    error, compared = method_error(name, implied_weights(maps, ref.A), ref, probe)
+        return dataclasses.replace(entry, correct=False)
+    try:
+        error, compared = method_error(method, maps, ref, replays)
+    except LookupError as missing:
+        return dataclasses.replace(entry, correct=False, exception=str(missing))
+    entry = dataclasses.replace(entry, error=error, compared=compared)
     if tolerance > UNRESOLVABLE:  # the model's own noise swamps any check
-        return {**entry, "error": error, "compared": compared, "correct": None}
-    return {**entry, "error": error, "compared": compared, "correct": bool(error <= tolerance)}
+        return entry
+    return dataclasses.replace(entry, correct=bool(error <= tolerance))
 
 
 def _first_line(error: BaseException) -> str:
@@ -687,103 +843,95 @@ def _first_line(error: BaseException) -> str:
 # Reporting
 
 
-def environment(threads: int) -> Dict[str, str]:
-    import timm
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "captum": captum.__version__,
-        "captum-xcam": captum_xcam.__version__,
-        "threads": str(threads),
-        "machine": f"{platform.machine()}, {platform.processor() or 'CPU'}",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
-
-
-def summary(rows: List[dict]) -> List[str]:
-    checked = [r for r in rows if r["status"] in ("correct", "incorrect", "unresolved")]
+def summary(rows: List[ZooRow]) -> List[str]:
+    checked = [r for r in rows if r.checked]
     lines = [f"- {len(rows)} cases: {len(checked)} checked, "
-             f"{sum(r['status'] == 'correct' for r in rows)} correct in every method with "
+             f"{sum(r.status == 'correct' for r in rows)} correct in every method with "
              "the model left as found."]
-    lines += [f"- Incorrect: {r['case']}: {incorrect_parts(r)}." for r in rows
-              if r["status"] == "incorrect"]
-    whole = [r for r in checked if r.get("path") == "whole model"]
+    lines += [f"- Incorrect: {r.case}: {incorrect_parts(r)}." for r in rows
+              if r.status == "incorrect"]
+    whole = [r for r in checked if r.path == "whole model"]
     lines.append(f"- The whole model re-run for every replay in {len(whole)} case(s)"
                  + (":" if whole else "."))
-    lines += [f"  - {r['case']}: {r.get('reason') or 'no reason given'}" for r in whole]
-    lines += [f"- Not checked: {r['case']}: {r['status']}: {r.get('note', '')}" for r in rows
-              if r["status"] not in ("correct", "incorrect")]
-    weak = [r["case"] for r in checked if r["layer_effect"] < WEAK_EFFECT]
+    lines += [f"  - {r.case}: {r.reason or 'no reason given'}" for r in whole]
+    lines += [f"- Not checked: {r.case}: {r.status}: {r.note}" for r in rows
+              if r.status not in ("correct", "incorrect")]
+    weak = [r.case for r in checked if r.layer_effect is not None and r.layer_effect < WEAK_EFFECT]
     if weak:
         lines.append(f"- Weak checks (zeroing the layer changes a score by less than "
                      f"{WEAK_EFFECT:.0%}): " + ", ".join(weak))
     counts: Dict[str, int] = {}
     for r in checked:
-        for w in r["warnings"]:
-            counts[w["category"]] = counts.get(w["category"], 0) + 1
+        for w in r.warnings:
+            counts[w.category] = counts.get(w.category, 0) + 1
     if counts:
         lines.append("- Warnings: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
     return lines
 
 
-def incorrect_parts(row: dict) -> str:
-    parts = [f"{name} ({entry.get('exception') or format(entry.get('error'), '.1e')})"
-             for name, entry in row["methods"].items() if entry["correct"] is False]
-    if not row["model_as_found"]:
-        parts.append("model changed (" + ", ".join(row["changes"][:3]) + ")")
+def incorrect_parts(row: ZooRow) -> str:
+    parts = [f"{name} ({entry.exception or format(entry.error, '.1e')})"
+             for name, entry in row.methods.items() if entry.correct is False]
+    if not row.model_as_found:
+        parts.append("model changed (" + ", ".join(row.changes[:3]) + ")")
     return "; ".join(parts)
 
 
-def method_cell(entry: dict) -> str:
-    if "exception" in entry:
-        return "✗ " + entry["exception"][:60].replace("|", "/")
-    mark = {True: "", False: "✗ ", None: "? "}[entry["correct"]]
-    return mark + f"{entry['error']:.0e}"
+def method_cell(entry: Optional[MethodCheck]) -> str:
+    if entry is None:
+        return "—"  # a row of an earlier run, before the method was registered
+    if entry.exception:
+        return "✗ " + entry.exception[:60].replace("|", "/")
+    mark = {True: "", False: "✗ ", None: "? "}[entry.correct]
+    return mark + f"{entry.error:.0e}"
 
 
-def table(rows: List[dict]) -> List[str]:
-    names = list(METHODS)
+def table(rows: List[ZooRow]) -> List[str]:
+    names = [m.name for m in zoo_methods()]
     lines = [
         "| case | layer | dtype, px, images | K | path | " + " | ".join(names)
         + " | time (x forward) | as found | warnings |",
         "| --- | --- | --- | ---: | --- |" + " ---: |" * len(names) + " --- | --- | --- |",
     ]
     for r in rows:
-        if r["status"] not in ("correct", "incorrect", "unresolved"):
-            lines.append(f"| {r['case']} | {r.get('layer', '')} | {r['status']}: "
-                         f"{r.get('note', '')[:160].replace('|', '/')} |"
+        if not r.checked:
+            lines.append(f"| {r.case} | {r.layer} | {r.status}: {r.note[:160].replace('|', '/')} |"
                          + " |" * (len(names) + 5))
             continue
-        path = r["path"] + (f": {r['reason']}" if r.get("reason") else "")
-        times = " / ".join(f"{r['methods'][n]['forward_passes']:.3g}" for n in names)
-        kinds = sorted({w["category"] for w in r["warnings"]})
+        path = r.path + (f": {r.reason}" if r.reason else "")
+        times = " / ".join(f"{r.methods[n].forward_passes:.3g}" if n in r.methods else "—"
+                           for n in names)
+        kinds = sorted({w.category for w in r.warnings})
         lines.append(
-            f"| {r['case']} | {r['layer']} | {r['dtype']}, {r['size']}, {r['images']} | "
-            f"{r['channels']} | {path.replace('|', '/')} | "
-            + " | ".join(method_cell(r["methods"][n]) for n in names)
-            + f" | {times} | {'yes' if r['model_as_found'] else 'NO'} | {', '.join(kinds)} |")
+            f"| {r.case} | {r.layer} | {r.dtype}, {r.size}, {r.images} | "
+            f"{r.channels} | {path.replace('|', '/')} | "
+            + " | ".join(method_cell(r.methods.get(n)) for n in names)
+            + f" | {times} | {'yes' if r.model_as_found else 'NO'} | {', '.join(kinds)} |")
     return lines
 
 
-def warning_lines(rows: List[dict]) -> List[str]:
+def warning_lines(rows: List[ZooRow]) -> List[str]:
     r"""Each distinct warning (class and first line) with the cases it came from."""
     seen: Dict[Tuple[str, str], List[str]] = {}
     for r in rows:
-        for w in r.get("warnings", []):
-            cases = seen.setdefault((w["category"], w["message"]), [])
-            if r["case"] not in cases:
-                cases.append(r["case"])
+        for w in r.warnings:
+            cases = seen.setdefault((w.category, w.message), [])
+            if r.case not in cases:
+                cases.append(r.case)
     return [f"- {category}: {message} ({len(cases)} case(s): {', '.join(cases[:5])}"
             + (", ..." if len(cases) > 5 else "") + ")"
             for (category, message), cases in seen.items()]
 
 
-def markdown(rows: List[dict], env: Dict[str, str], command: str) -> str:
-    lines = ["# Model-zoo conformance", "", f"`{command}`", "",
-             "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()) + ".", "",
+def environment_line(env: Dict[str, object]) -> str:
+    r"""The environment's line, also for the flat dict of an earlier run."""
+    if "packages" in env:
+        return Environment(**env).markdown()  # type: ignore[arg-type]
+    return "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()) + "."
+
+
+def markdown(rows: List[ZooRow], env: Dict[str, object], command: str) -> str:
+    lines = ["# Model-zoo conformance", "", f"`{command}`", "", environment_line(env), "",
              "## Summary", "", *summary(rows), "", "## Cases", "", *table(rows), "", FOOTNOTE]
     warned = warning_lines(rows)
     if warned:
@@ -796,11 +944,13 @@ the layer's channels; the path the perturbation methods took (the part after the
 alone, or the whole model re-run, with the reason the library gives); per method the
 error against the independent reference written in benchmarks/zoo.py (largest difference
 of the channel weights relative to the largest reference weight: every live channel for
-XGrad-CAM, Grad-CAM++ and Grad-CAM, sampled channels for Ablation-CAM and Score-CAM; for
-LIFT-CAM the completeness gap |sum_k w_k - (f(A) - f(0))| / max(|f(A)|, |f(0)|)), marked
-✗ above the tolerance (float64: 1e-7, LIFT-CAM 1e-4; float32: 1e-3; for Ablation-CAM and
-Score-CAM at least ten times the model's replay noise, the change of its outputs between lone
-and batched evaluation, and ? where that noise makes any check meaningless); each method's time
+XGrad-CAM, Grad-CAM++ and Grad-CAM, sampled channels for the perturbation methods; of the
+per-channel maps relative to their largest value for HiResCAM, LayerCAM, Element-wise
+Grad-CAM and EigenCAM; for LIFT-CAM the completeness gap |sum_k w_k - (f(A) - f(0))| /
+max(|f(A)|, |f(0)|)), marked ✗ above the tolerance (float64: 1e-7, LIFT-CAM 1e-4; float32:
+1e-3; for the perturbation methods at least ten times the model's replay noise, the change
+of its outputs between lone and batched evaluation, and ? where that noise makes any check
+meaningless; — where the row is of an earlier run without the method); each method's time
 in forward passes of the same images without autograd (in the order of the method
 columns; the first call of each method, after the split was traced once for the path
 column); whether the model's parameters, buffers, train/eval flags, .grad fields and
@@ -809,10 +959,11 @@ also has how often the part before the layer ran per method). Random weights, 10
 classes, the predicted class explained."""
 
 
-def write(rows: List[dict], env: Dict[str, str], out: Path, command: str) -> None:
+def write(rows: List[ZooRow], env: Dict[str, object], out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "zoo.json").write_text(json.dumps({"environment": env, "command": command,
-                                              "rows": rows}, indent=1, default=str))
+    (out / "zoo.json").write_text(json.dumps(
+        {"environment": env, "command": command, "rows": [r.to_json() for r in rows]},
+        indent=1, default=str))
     (out / "zoo.md").write_text(markdown(rows, env, command))
 
 
@@ -824,50 +975,54 @@ def selected(args: argparse.Namespace) -> List[Case]:
     if args.cases:
         wanted = args.cases.split(",")
         cases = [c for c in cases if any(w in c.name for w in wanted)]
-    done = {r["case"] for folder in args.skip or () for r in _rows_in(folder)}
+    done = {r.case for folder in args.skip or () for r in _rows_in(folder)}
     index, count = (int(n) for n in args.shard.split("/"))
     return [c for c in cases if c.name not in done][index - 1::count]
 
 
-def _rows_in(folder: Path) -> List[dict]:
+def _rows_in(folder: Path) -> List[ZooRow]:
     file = folder / "zoo.json"
-    return json.loads(file.read_text())["rows"] if file.exists() else []
+    if not file.exists():
+        return []
+    return [ZooRow.from_json(r) for r in json.loads(file.read_text())["rows"]]
 
 
-def merged(folders: Sequence[Path]) -> Tuple[Dict[str, str], List[dict], str]:
+def merged(folders: Sequence[Path]) -> Tuple[Dict[str, object], List[ZooRow], str]:
     r"""The environment, rows (in case order) and commands of shard runs."""
     runs = [json.loads((folder / "zoo.json").read_text()) for folder in folders
             if (folder / "zoo.json").exists()]
     order = {case.name: i for i, case in enumerate(all_cases())}
-    rows = sorted((r for run in runs for r in run["rows"]),
-                  key=lambda r: order.get(r["case"], len(order)))
+    rows = sorted((ZooRow.from_json(r) for run in runs for r in run["rows"]),
+                  key=lambda r: order.get(r.case, len(order)))
     rows = [unresolved_in_float32(r) for r in rows]
     return runs[0]["environment"], rows, " & ".join(run["command"] for run in runs)
 
 
-def unresolved_in_float32(row: dict) -> dict:
+def unresolved_in_float32(row: ZooRow) -> ZooRow:
     r"""An incorrect row of an earlier run that did not measure the replay
     noise, graded as a run now grades it: the noise is measured (now) in the
     row's dtype, and a row whose failures are replay methods within ten
     times it is correct, or unresolved where it swamps any check."""
-    if row.get("status") != "incorrect" or "replay_noise" in row or not row["model_as_found"]:
+    if row.status != "incorrect" or row.replay_noise is not None or not row.model_as_found:
         return row
-    dtype = getattr(torch, row["dtype"])
-    model, forward, layer = build(case_named(row["case"]))
+    dtype = getattr(torch, row.dtype)
+    model, forward, layer = build(case_named(row.case))
     model.to(dtype)
-    x = torch.randn(row["images"], 3, row["size"], row["size"],
+    x = torch.randn(row.images, 3, row.size, row.size,
                     generator=torch.Generator().manual_seed(1)).to(dtype)
     noise = replay_noise(forward, x)
-    failing = [name for name, m in row["methods"].items() if m["correct"] is False]
-    if any(name not in ("Ablation-CAM", "Score-CAM") for name in failing):
-        return {**row, "replay_noise": noise}
+    replay_methods = {m.name for m in zoo_methods() if m.info.perturbation}
+    failing = [name for name, m in row.methods.items() if m.correct is False]
+    if any(name not in replay_methods for name in failing):
+        return dataclasses.replace(row, replay_noise=noise)
     if 10 * noise > UNRESOLVABLE:
-        return {**row, "replay_noise": noise, "status": "unresolved", "note": (
+        return dataclasses.replace(row, replay_noise=noise, status="unresolved", note=(
             f"the random model's outputs move by {noise:.1e} of f(x) - f(0) between lone and "
-            f"batched evaluation in {row['dtype']} (measured when merging), so the replay "
-            f"methods cannot be checked on it; the others are correct; {incorrect_parts(row)}")}
-    passed = all(row["methods"][name]["error"] <= 10 * noise for name in failing)
-    return {**row, "replay_noise": noise, "status": "correct" if passed else "incorrect"}
+            f"batched evaluation in {row.dtype} (measured when merging), so the replay "
+            f"methods cannot be checked on it; the others are correct; {incorrect_parts(row)}"))
+    passed = all(row.methods[name].error <= 10 * noise for name in failing)
+    return dataclasses.replace(row, replay_noise=noise,
+                               status="correct" if passed else "incorrect")
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -899,14 +1054,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print("\n".join(c.name for c in cases))
         return
     torch.set_num_threads(args.threads)
-    command = " ".join(["python benchmarks/zoo.py", *sys.argv[1:]])
-    env, rows = environment(args.threads), []
+    command = command_line("zoo.py", argv)
+    env = Environment.capture().to_json()
+    rows: List[ZooRow] = []
     for i, case in enumerate(cases, 1):
         rows.append(check_case(case))
         r = rows[-1]
-        print(f"[{i}/{len(cases)}] {case.name}: {r['status']} {r.get('path', '')} "
-              f"{incorrect_parts(r) if r['status'] == 'incorrect' else r.get('note', '')} "
-              f"({r.get('seconds', 0):.1f} s)", flush=True)
+        print(f"[{i}/{len(cases)}] {case.name}: {r.status} {r.path} "
+              f"{incorrect_parts(r) if r.status == 'incorrect' else r.note} "
+              f"({r.seconds or 0:.1f} s)", flush=True)
         write(rows, env, args.out, command)
 
 

@@ -30,34 +30,34 @@ def row(request, one_thread):
 
 
 def test_the_case_ran_in_float64(row):
-    assert row["status"] in ("correct", "incorrect"), row.get("note")
-    assert row["dtype"] == "float64"
+    assert row.status in ("correct", "incorrect"), row.note
+    assert row.dtype == "float64"
 
 
 def test_every_method_equals_its_reference(row):
-    wrong = {name: entry.get("exception") or entry.get("error")
-             for name, entry in row["methods"].items() if not entry["correct"]}
+    wrong = {name: entry.exception or entry.error
+             for name, entry in row.methods.items() if not entry.correct}
     assert not wrong
 
 
 def test_lift_cam_is_complete(row):
-    lift = row["methods"]["LIFT-CAM"]
-    assert "exception" not in lift, lift["exception"]
-    assert lift["error"] <= 1e-4
+    lift = row.methods["LIFT-CAM"]
+    assert lift.exception is None, lift.exception
+    assert lift.error <= 1e-4
 
 
 def test_model_left_as_found(row):
-    assert row["model_as_found"], row["changes"][:5]
+    assert row.model_as_found, row.changes[:5]
 
 
 def test_path(row):
-    categories = [w["category"] for w in row["warnings"]]
-    if row["case"] in WHOLE_MODEL:
-        assert row["path"] == "whole model" and row["reason"]
-        fallback = [w for w in row["warnings"] if w["category"] == "WholeModelReplayWarning"]
-        assert len(fallback) == 1  # once, for all six methods
-        assert row["reason"][:40] in fallback[0]["message"]
+    categories = [w.category for w in row.warnings]
+    if row.case in WHOLE_MODEL:
+        assert row.path == "whole model" and row.reason
+        fallback = [w for w in row.warnings if w.category == "WholeModelReplayWarning"]
+        assert len(fallback) == 1  # once, for all the methods
+        assert row.reason[:40] in fallback[0].message
     else:
-        assert row["path"] == "tail only", row.get("reason")
-        assert row["methods"]["Ablation-CAM"]["head_runs"] == 1
-        assert not FAST_PATH_WARNINGS & set(categories), row["warnings"]
+        assert row.path == "tail only", row.reason
+        assert row.methods["Ablation-CAM"].head_runs == 1
+        assert not FAST_PATH_WARNINGS & set(categories), row.warnings
