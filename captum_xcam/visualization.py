@@ -119,13 +119,14 @@ def visualize_attributions(
                 _draw_image(ax, fig, shown[row], f"{title}\n(zero map)", show_colorbar)
             elif name in guided:  # detail that a blend would drown: a plain grey heat map
                 viz.visualize_image_attr(
-                    map_[row], method="heat_map", sign=column_sign, plt_fig_axis=(fig, ax),
+                    map_[row][..., None], method="heat_map", sign=column_sign,
+                    plt_fig_axis=(fig, ax),
                     outlier_perc=outlier_perc, cmap="gray", show_colorbar=show_colorbar,
                     title=title, use_pyplot=False,
                 )
             else:
                 viz.visualize_image_attr(
-                    map_[row], shown[row], method="blended_heat_map", sign=column_sign,
+                    map_[row][..., None], shown[row], method="blended_heat_map", sign=column_sign,
                     plt_fig_axis=(fig, ax), outlier_perc=outlier_perc,
                     cmap=cmap or ("jet" if column_sign == "positive" else None),
                     alpha_overlay=alpha_overlay, show_colorbar=show_colorbar, title=title,
@@ -217,7 +218,7 @@ def _draw_image(ax: Axes, fig: Figure, image: np.ndarray, title: Optional[str],
                 show_colorbar: bool) -> None:
     # Captum's "original_image" ignores the attribution, but normalises it: ones do.
     viz.visualize_image_attr(
-        np.ones(image.shape[:2]), image, method="original_image", plt_fig_axis=(fig, ax),
+        np.ones(image.shape[:2] + (1,)), image, method="original_image", plt_fig_axis=(fig, ax),
         show_colorbar=show_colorbar, title=title, use_pyplot=False,
     )
     if title:

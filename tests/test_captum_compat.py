@@ -5,16 +5,13 @@ import torch.nn.functional as F
 from captum.attr import LayerAttribution, NoiseTunnel
 from torch import nn
 
-from captum_xcam import (
-    LayerAblationCam,
-    LayerGradCamPlusPlus,
-    LayerLiftCam,
-    LayerScoreCam,
-    LayerXGradCam,
-)
+from captum_xcam import LayerLiftCam, LayerScoreCam, LayerXGradCam
 from conftest import make_images, make_tiny
+from registered import METHODS, PERTURBATION
 
-CAMS = [LayerXGradCam, LayerGradCamPlusPlus, LayerAblationCam, LayerScoreCam, LayerLiftCam]
+CAMS = METHODS
+# A target-free method (EigenCAM) takes every target form, and warns it is ignored.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is target-free:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +160,7 @@ def test_cuda_results_match_cpu(cam_class, resnet):
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("cam_class", [LayerAblationCam, LayerScoreCam])
+@pytest.mark.parametrize("cam_class", PERTURBATION)
 def test_progress_bar(cam_class, resnet, capsys):
     model, layer = resnet
     cam_class(model, layer).attribute(make_images(n=1, size=16), target=0, show_progress=True)

@@ -14,7 +14,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from captum_xcam.cli.methods import METHODS
+from captum_xcam import list_methods, method_info
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_KEYS = ["pointing", "energy", "average_drop", "increase", "deletion", "insertion",
@@ -85,7 +85,7 @@ def test_demo_writes_the_figure_and_the_metrics_table(tmp_path):
         "demo.png", "metrics.csv", "metrics.json", "metrics.md"]
     width, height = assert_opens_as_image(out / "demo.png", min_width=700)
     assert width > height  # the image and six maps per row, four rows
-    names = [method.name for method in METHODS.values()]
+    names = [method_info(key).name for key in list_methods()]
     rows = read_csv(out / "metrics.csv")
     assert [row["method"] for row in rows] == names
     table = json.loads((out / "metrics.json").read_text())["metrics"]
@@ -121,8 +121,8 @@ def test_explain_with_a_checkpoint_explains_every_image(files, tmp_path):
               str(files["other"])]
     assert [(r["image"], r["figure"], r["method"]) for r in rows] == [
         (image, figure, name) for image, figure in zip(images, figures)
-        for name in ("LIFT-CAM", "Guided LIFT-CAM", "Grad-CAM (Captum)",
-                     "Guided Grad-CAM (Captum)")]
+        for name in ("LIFT-CAM", "Guided LIFT-CAM", "Grad-CAM",
+                     "Guided Grad-CAM")]
     # The checkpoint's model made the predictions: recompute them here.
     from captum_xcam.data import read_image
     from captum_xcam.models import Preprocessing

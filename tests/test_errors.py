@@ -2,16 +2,11 @@
 import pytest
 import torch
 
-from captum_xcam import (
-    LayerAblationCam,
-    LayerGradCamPlusPlus,
-    LayerLiftCam,
-    LayerScoreCam,
-    LayerXGradCam,
-)
+from captum_xcam import LayerLiftCam, LayerScoreCam
 from conftest import make_images, make_model
+from registered import METHODS, PERTURBATION, TARGETED, target_for
 
-CAMS = [LayerXGradCam, LayerGradCamPlusPlus, LayerAblationCam, LayerScoreCam, LayerLiftCam]
+CAMS = METHODS
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +27,19 @@ def test_layer_not_called_by_a_plain_function(cam_class, resnet):
     model, _ = resnet
     other, _ = make_model("resnet18", seed=1)
     with pytest.raises(ValueError, match="not called"):
-        cam_class(lambda x: model(x), other.layer4).attribute(make_images(n=1), target=0)
+        cam_class(lambda x: model(x), other.layer4).attribute(
+            make_images(n=1), target=target_for(cam_class, 0)
+        )
 
 
 @pytest.mark.parametrize("cam_class", CAMS)
 def test_layer_without_spatial_dimensions(cam_class, resnet):
     model, _ = resnet
     with pytest.raises(ValueError, match="no spatial dimensions"):
-        cam_class(model, model.fc).attribute(make_images(n=1), target=0)
+        cam_class(model, model.fc).attribute(make_images(n=1), target=target_for(cam_class, 0))
 
 
-@pytest.mark.parametrize("cam_class", CAMS)
+@pytest.mark.parametrize("cam_class", TARGETED)
 @pytest.mark.parametrize("target", [10, -1, [0, 12], torch.tensor([3, 99]), (1, 2)])
 def test_target_out_of_range(cam_class, target, resnet):
     model, layer = resnet
@@ -50,7 +47,7 @@ def test_target_out_of_range(cam_class, target, resnet):
         cam_class(model, layer).attribute(make_images(n=2), target=target)
 
 
-@pytest.mark.parametrize("cam_class", CAMS)
+@pytest.mark.parametrize("cam_class", TARGETED)
 def test_missing_target_for_multi_output_model(cam_class, resnet):
     model, layer = resnet
     with pytest.raises(ValueError, match="pass a target"):
@@ -61,7 +58,7 @@ def test_missing_target_for_multi_output_model(cam_class, resnet):
 def test_empty_batch(cam_class, resnet):
     model, layer = resnet
     with pytest.raises(ValueError, match="empty"):
-        cam_class(model, layer).attribute(make_images(n=2)[:0], target=0)
+        cam_class(model, layer).attribute(make_images(n=2)[:0], target=target_for(cam_class, 0))
 
 
 @pytest.mark.parametrize("cam_class", CAMS)
@@ -71,10 +68,10 @@ def test_non_finite_inputs(cam_class, bad, resnet):
     x = make_images(n=2)
     x[1, 0, 3, 3] = bad
     with pytest.raises(ValueError, match="NaN or infinite"):
-        cam_class(model, layer).attribute(x, target=0)
+        cam_class(model, layer).attribute(x, target=target_for(cam_class, 0))
 
 
-@pytest.mark.parametrize("cam_class", [LayerAblationCam, LayerScoreCam])
+@pytest.mark.parametrize("cam_class", PERTURBATION)
 def test_bad_perturbations_per_eval(cam_class, resnet):
     model, layer = resnet
     with pytest.raises(ValueError, match="perturbations_per_eval"):

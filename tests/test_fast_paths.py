@@ -19,9 +19,9 @@ from captum_xcam import (
     LayerXGradCam,
     WholeModelReplayWarning,
 )
-from captum_xcam._core.layer_tail import ReplayedTail, TracedTail, layer_tail
+from captum_xcam._utils.layer_tail import ReplayedTail, TracedTail, layer_tail
 from conftest import make_images, make_tiny, randomise
-from reference import output_with_layer
+from reference import implied_weights, output_with_layer
 
 TARGETS = [1, 7]
 
@@ -51,8 +51,8 @@ def test_ablation_replays_one_chunk_at_a_time_after_the_layer():
         make_images(n=2, size=16), target=TARGETS, perturbations_per_eval=5
     )
     assert (before.calls, before.rows) == (1, 2)
-    # The explained rows, then 2 x 12 ablations in chunks of 5 that span images.
-    assert (after.calls, after.rows) == (1 + math.ceil(2 * 12 / 5), 2 + 2 * 12)
+    # The explained rows, then 12 ablations of each image, 5 channels of both per replay.
+    assert (after.calls, after.rows) == (1 + math.ceil(12 / 5), 2 + 2 * 12)
 
 
 class DataDependent(nn.Module):
@@ -156,12 +156,6 @@ def layer_channels(forward, layer, x):
     return store["a"].shape[1]
 
 
-def implied_weights(maps, a):
-    r"""w_k from the per-channel map w_k A_k; 0 where A_k is all zero."""
-    norms = (a * a).flatten(2).sum(2)
-    return torch.where(norms > 0, (maps * a).flatten(2).sum(2) / norms.clamp_min(1e-300), 0)
-
-
 def replay_warnings(run):
     r"""The WholeModelReplayWarnings that ``run()`` raises."""
     with warnings.catch_warnings(record=True) as caught:
@@ -188,11 +182,13 @@ def test_a_batch_size_read_before_the_layer_keeps_the_tail_only_path(form):
     # The part before the layer ran once; the tail ran on the explained rows,
     # then on 2 x 12 ablations in chunks of 7: a few forward passes' worth.
     assert (stem.calls, stem.rows) == (1, 2)
-    assert (fc.calls, fc.rows) == (1 + math.ceil(2 * 12 / 7), 2 + 2 * 12)
+    assert (fc.calls, fc.rows) == (1 + math.ceil(12 / 7), 2 + 2 * 12)
     a = layer_tail(model, layer, (x,), None, TARGETS, False).activations
     live = a.flatten(2).abs().sum(2) > 0
     expected = ablation_brute_force(model, layer, x, TARGETS) * live
-    torch.testing.assert_close(implied_weights(maps["ablation"], a), expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        implied_weights(maps["ablation"], a), expected, rtol=1e-9, atol=1e-12
+    )
 
 
 def test_untraceable_models_are_re_run_whole_and_warn_once_with_the_reason():
@@ -221,7 +217,7 @@ def test_untraceable_models_are_re_run_whole_and_warn_once_with_the_reason():
     assert isinstance(tail, ReplayedTail) and "torch.fx" in tail.reason
     stem.calls = 0
     LayerAblationCam(model, layer).attribute(x, target=TARGETS, perturbations_per_eval=7)
-    assert stem.calls == 1 + math.ceil(2 * 12 / 7)  # every chunk re-ran the whole model
+    assert stem.calls == 1 + math.ceil(12 / 7)  # every chunk re-ran the whole model
     live = tail.activations.flatten(2).abs().sum(2) > 0
     expected = ablation_brute_force(model, layer, x, TARGETS) * live
     weights = implied_weights(maps["ablation"], tail.activations)
@@ -246,7 +242,9 @@ def test_a_batch_statistic_before_the_layer_falls_back_with_the_reason():
     a = layer_tail(model, layer, (x,), None, TARGETS[:1], False).activations
     live = a.flatten(2).abs().sum(2) > 0
     expected = ablation_brute_force(model, layer, x, TARGETS[:1]) * live
-    torch.testing.assert_close(implied_weights(maps["ablation"], a), expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        implied_weights(maps["ablation"], a), expected, rtol=1e-9, atol=1e-12
+    )
 
 
 def test_hooks_on_the_model_itself_fall_back_with_the_reason():
@@ -283,7 +281,9 @@ def test_forward_functions_that_call_the_model_are_split(wrap):
     a = layer_tail(forward, layer, (x,), None, TARGETS, False).activations
     live = a.flatten(2).abs().sum(2) > 0
     expected = ablation_brute_force(forward, layer, x, TARGETS) * live
-    torch.testing.assert_close(implied_weights(maps["ablation"], a), expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        implied_weights(maps["ablation"], a), expected, rtol=1e-9, atol=1e-12
+    )
 
 
 class DictOutputs(nn.Module):
@@ -374,7 +374,7 @@ class Spy(nn.Module):
         return self.model(x)
 
 
-def test_score_cam_replays_are_bounded_span_images_and_skip_constant_channels():
+def test_score_cam_replays_are_bounded_per_image_and_skip_constant_channels():
     model, layer = make_tiny()
     with torch.no_grad():  # channels 3 and 7 become all zero after the ReLU
         layer[1].bias[[3, 7]] = -1e6
@@ -386,8 +386,9 @@ def test_score_cam_replays_are_bounded_span_images_and_skip_constant_channels():
     LayerScoreCam(spy, layer).attribute(x, target=[1, 2, 3], perturbations_per_eval=5)
     explained, reference, *masked = [size for size, _ in spy.batches]
     assert (explained, reference) == (3, 3)
-    live = int((~constant).sum())
-    assert masked == [5] * (live // 5) + ([live % 5] if live % 5 else [])
+    # 5 channels of each of the 3 images per forward pass, as Captum counts.
+    live, rows = int((~constant).sum()), 5 * 3
+    assert masked == [rows] * (live // rows) + ([live % rows] if live % rows else [])
 
 
 def test_score_cam_keeps_the_channels_last_memory_format():
@@ -469,7 +470,9 @@ def test_splitting_adds_nothing_to_the_model():
     maps = LayerAblationCam(model, layer).attribute(x, target=TARGETS, attr_dim_summation=False)
     live = tail.activations.flatten(2).abs().sum(2) > 0
     expected = ablation_brute_force(model, layer, x, TARGETS) * live
-    torch.testing.assert_close(implied_weights(maps, tail.activations), expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        implied_weights(maps, tail.activations), expected, rtol=1e-9, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "vgg11"])

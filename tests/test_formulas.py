@@ -18,6 +18,7 @@ from reference import (
     ablated_score,
     activations_and_gradients,
     gradcampp_weights,
+    implied_weights,
     output_with_layer,
     score_cam_weight,
     scores_of,
@@ -45,13 +46,6 @@ def first_conv_calls(model):
 
     conv.register_forward_hook(count)
     return counter
-
-
-def implied_weights(per_channel_map, A):
-    r"""w_k recovered from w_k * A_k where A_k is not all zero."""
-    num = (per_channel_map * A).flatten(2).sum(2)
-    den = (A * A).flatten(2).sum(2)
-    return torch.where(den > 0, num / torch.where(den > 0, den, 1), torch.zeros_like(num))
 
 
 def test_xgrad_cam_formula(architecture):
@@ -143,6 +137,17 @@ def test_score_cam_constant_channel_gets_zero_weight():
     maps = LayerScoreCam(model, model[1]).attribute(x, target=0, attr_dim_summation=False)
     assert torch.all(maps[:, 2] == 0)
     assert torch.any(maps[:, 0] != 0)
+
+
+def test_score_cam_mask_of_a_constant_map_is_zero_after_upsampling():
+    # Bilinear upsampling of a 1x1 map varies by an ulp; normalised, that
+    # rounding noise would become a full [0, 1] mask (it matters to SS-CAM,
+    # which replays constant channels).
+    from captum_xcam._core.score_cam import upsampled_masks
+
+    maps = torch.tensor([[[0.7342 * 3.3]], [[0.5]]], dtype=torch.float64)
+    masks = upsampled_masks(maps, (32, 32))
+    assert torch.equal(masks, torch.zeros(2, 1, 32, 32, dtype=torch.float64))
 
 
 def test_lift_cam_completeness(architecture):

@@ -8,18 +8,12 @@ import torch
 from captum.attr import GuidedBackprop, GuidedGradCam, LayerAttribution, LayerGradCam
 from torch import nn
 
-from captum_xcam import (
-    GuidedLayerCam,
-    LayerAblationCam,
-    LayerGradCamPlusPlus,
-    LayerLiftCam,
-    LayerScoreCam,
-    LayerXGradCam,
-)
-from conftest import make_images, make_model
+from captum_xcam import GuidedLayerCam, LayerAblationCam, LayerLiftCam
+from conftest import make_images, make_model, make_tiny
 from reference import output_with_layer
+from registered import METHODS, quick, target_for
 
-CAMS = [LayerXGradCam, LayerGradCamPlusPlus, LayerAblationCam, LayerScoreCam, LayerLiftCam]
+CAMS = METHODS
 
 
 def tiny_gap_linear_model() -> nn.Module:
@@ -94,12 +88,13 @@ def test_guided_layer_cam_with_captum_grad_cam_equals_guided_grad_cam():
 
 @pytest.mark.parametrize("cam_class", CAMS)
 def test_guided_layer_cam_is_guided_backprop_times_upsampled_relu_cam(cam_class):
-    model, layer = make_model("resnet18")
-    x = make_images(n=2)
+    model, layer = make_tiny()
+    x = make_images(n=2, size=16)
     guided = GuidedLayerCam(model, layer, cam=cam_class).attribute(
-        x, target=[3, 5], interpolate_mode="bilinear"
+        x, target=[3, 5], interpolate_mode="bilinear", **quick(cam_class)
     )
-    cam = cam_class(model, layer).attribute(x, target=[3, 5])
+    cam = cam_class(model, layer).attribute(x, target=target_for(cam_class, [3, 5]),
+                                            **quick(cam_class))
     expected = GuidedBackprop(model).attribute(x, target=[3, 5]) * LayerAttribution.interpolate(
         torch.relu(cam), x.shape[2:], interpolate_mode="bilinear"
     )

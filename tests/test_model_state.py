@@ -4,17 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from captum_xcam import (
-    GuidedLayerCam,
-    LayerAblationCam,
-    LayerGradCamPlusPlus,
-    LayerLiftCam,
-    LayerScoreCam,
-    LayerXGradCam,
-)
-from conftest import make_images, make_model, make_tiny
+from captum_xcam import GuidedLayerCam
+from conftest import make_images, make_tiny
+from registered import METHODS, target_for
 
-CAMS = [LayerXGradCam, LayerGradCamPlusPlus, LayerAblationCam, LayerScoreCam, LayerLiftCam]
+CAMS = METHODS
 HOOK_DICTS = (
     "_forward_hooks",
     "_forward_pre_hooks",
@@ -67,7 +61,8 @@ def model_in_train_mode_with_grads():
 def test_model_unchanged_after_success(cam_class):
     model, layer = model_in_train_mode_with_grads()
     before = snapshot(model)
-    cam_class(model, layer).attribute(make_images(n=2, size=16), target=[1, 2])
+    x = make_images(n=2, size=16)
+    cam_class(model, layer).attribute(x, target=target_for(cam_class, [1, 2]))
     assert_unchanged(before, snapshot(model))
 
 
@@ -103,8 +98,9 @@ def test_model_unchanged_after_exception_midway(cam_class, where, fail_on):
     failing = FailsOnCall(fail_on)
     handle = getattr(model, where).register_forward_hook(failing)
     before = snapshot(model)
+    x = make_images(n=2, size=16)
     try:
-        cam_class(model, layer).attribute(make_images(n=2, size=16), target=[1, 2])
+        cam_class(model, layer).attribute(x, target=target_for(cam_class, [1, 2]))
     except RuntimeError as error:
         assert "boom" in str(error)
     else:  # the gradient methods may finish in fewer calls
@@ -113,26 +109,23 @@ def test_model_unchanged_after_exception_midway(cam_class, where, fail_on):
     handle.remove()
 
 
-def test_in_place_relu_after_the_layer_sees_pre_relu_values():
-    # vgg11_bn features[-3] is a BatchNorm followed by ReLU(inplace=True): the
-    # map must use the BatchNorm output, negative values included.
-    model, _ = make_model("vgg11_bn")
-    layer = model.features[-3]
-    assert isinstance(model.features[-2], nn.ReLU) and model.features[-2].inplace
-    x = make_images(n=1, size=32)
-    store = {}
-
-    def record(module, inp, out):
-        store["a"] = out.clone()
-
-    handle = layer.register_forward_hook(record)
+@pytest.mark.parametrize("cam_class", CAMS)
+def test_in_place_relu_after_the_layer_sees_pre_relu_values(cam_class):
+    # The layer is a BatchNorm followed by ReLU(inplace=True), as in VGG-BN's
+    # features: the map must use the BatchNorm output, negative values
+    # included, so it is the same as with that ReLU out of place.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 10), nn.ReLU(inplace=True),
+        nn.Linear(10, 4),
+    ).double().eval()
+    layer, relu = model[1], model[2]
+    x = make_images(n=2, size=8)
     with torch.no_grad():
-        model(x)
-    handle.remove()
-    A = store["a"]
-    assert (A < 0).any()
-    for cam_class in CAMS:
-        maps = cam_class(model, layer).attribute(x, target=1, attr_dim_summation=False)
-        # w_k * A_k: wherever A is negative and the weight non-zero, the map is non-zero
-        w = (maps * A).flatten(2).sum(2) / (A * A).flatten(2).sum(2)
-        torch.testing.assert_close(maps, w[:, :, None, None] * A, rtol=1e-8, atol=1e-10)
+        assert (layer(model[0](x)) < 0).any()
+    target = target_for(cam_class, [1, 3])
+    maps = cam_class(model, layer).attribute(x, target=target, attr_dim_summation=False)
+    relu.inplace = False
+    expected = cam_class(model, layer).attribute(x, target=target, attr_dim_summation=False)
+    torch.testing.assert_close(maps, expected, rtol=1e-8, atol=1e-10)

@@ -16,6 +16,7 @@ from captum_xcam.models import (
     timm_preprocessing,
 )
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     r"""Small models on shared cores: one thread is faster than several that
@@ -170,6 +171,7 @@ def test_preprocessing_matches_timms_eval_transform():
             name).to_dict())
         transform = create_transform(**config, is_training=False)
         resize, crop, _, normalize = transform.transforms
+        resize.antialias = True  # torchvision < 0.17 does not antialias tensors by default
         assert torch.equal(preprocessing.crop(image), crop(resize(image))), name
         assert preprocessing.crop_size == config["input_size"][-1]
         assert preprocessing.mean == config["mean"] and preprocessing.std == config["std"]

@@ -1,19 +1,25 @@
 """Ablation-CAM: Desai & Ramaswamy, WACV 2020."""
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from captum._utils.typing import TargetType
-from captum.attr._utils.attribution import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor
-from torch.nn import Module
 
-from captum_xcam._core.layer_cam import LayerCam
-from captum_xcam._core.layer_tail import LayerTail
-from captum_xcam._core.replay import replay_channels
+from captum_xcam._core.cam_attribution import PerturbationCamAttribution
+from captum_xcam._core.registry import PERTURBATION, register_method
+from captum_xcam._utils.chunks import evaluate_in_chunks
+from captum_xcam._utils.layer_tail import LayerTail
 
 
-class LayerAblationCam(LayerCam, PerturbationAttribution):
+@register_method(
+    "ablationcam",
+    name="Ablation-CAM",
+    paper="Desai & Ramaswamy, WACV 2020, https://openaccess.thecvf.com/content_WACV_2020/html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.html",
+    family=PERTURBATION,
+    formula="w_k = (y - y_k) / y, y_k with channel k zeroed",
+)
+class LayerAblationCam(PerturbationCamAttribution):
     r"""
     Ablation-CAM [Desai & Ramaswamy, WACV 2020,
     https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf].
@@ -33,8 +39,9 @@ class LayerAblationCam(LayerCam, PerturbationAttribution):
     positive for the class of interest (a logit of a predicted class, or a
     probability through a softmax in ``forward_func``) to avoid both cases.
 
-    Ablations are evaluated ``perturbations_per_eval`` at a time, in batches
-    that may mix examples. Where ``torch.fx`` can split the model at the layer
+    Ablations are evaluated ``perturbations_per_eval`` channels of every
+    example per replay (``N * perturbations_per_eval`` rows for N examples, as
+    Captum counts). Where ``torch.fx`` can split the model at the layer
     (``forward_func`` is the model, its ``forward``, or a Python function that
     calls it, and traceable; batch sizes and shapes read before the layer are
     fine), the part before the layer runs once and only the part after it is
@@ -42,15 +49,6 @@ class LayerAblationCam(LayerCam, PerturbationAttribution):
     each batch, with the same results, and a
     :class:`~captum_xcam.WholeModelReplayWarning` says why, once per layer.
     """
-
-    def __init__(
-        self,
-        forward_func: Callable,
-        layer: Module,
-        device_ids: Union[None, List[int]] = None,
-    ) -> None:
-        LayerCam.__init__(self, forward_func, layer, device_ids)
-        PerturbationAttribution.__init__(self, forward_func)
 
     @log_usage()
     def attribute(
@@ -65,15 +63,17 @@ class LayerAblationCam(LayerCam, PerturbationAttribution):
         show_progress: bool = False,
     ) -> Tensor:
         r"""
-        Arguments as in :meth:`LayerCam.attribute`, and:
+        Arguments as in :meth:`CamAttribution.attribute`, and:
 
-            perturbations_per_eval (int, optional): How many ablations are
-                        evaluated in one forward pass. Default: 16
+            perturbations_per_eval (int, optional): How many ablated copies
+                        of each example are evaluated in one replay (as in
+                        Captum: N examples make N times as many rows).
+                        Default: 16
             show_progress (bool, optional): Show a progress bar over the
                         ablated channels. Default: False
 
         Returns:
-            *Tensor* of **attributions**, shaped as by :meth:`LayerCam.attribute`.
+            *Tensor* of **attributions**, shaped as by :meth:`CamAttribution.attribute`.
         """
         return self._attribute(
             inputs,
@@ -107,8 +107,8 @@ def ablated_channel_scores(
     desc: str = "Ablation-CAM channels",
 ) -> Tensor:
     r"""The target score ``y_k`` (N, K) of every example with channel ``k`` of
-    the layer tensor set to zero, ``perturbations_per_eval`` ablations (of one
-    or more examples) per replay of the model after the layer."""
+    the layer tensor set to zero, ``perturbations_per_eval`` ablations of each
+    example per replay of the model after the layer."""
     activations = tail.activations
 
     def ablated_scores(rows: Tensor, channels: Tensor) -> Tensor:
@@ -116,7 +116,7 @@ def ablated_channel_scores(
         ablated[torch.arange(len(rows), device=ablated.device), channels] = 0
         return tail.scores(ablated, rows)
 
-    return replay_channels(
+    return evaluate_in_chunks(
         activations.shape[0],
         activations.shape[1],
         ablated_scores,

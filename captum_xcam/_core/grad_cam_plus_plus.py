@@ -3,10 +3,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_xcam._core.layer_cam import GradientLayerCam, spatial_sum
+from captum_xcam._core.cam_attribution import GradientCamAttribution, spatial_sum
+from captum_xcam._core.registry import GRADIENT, register_method
 
 
-class LayerGradCamPlusPlus(GradientLayerCam):
+@register_method(
+    "gradcampp",
+    name="Grad-CAM++",
+    paper="Chattopadhyay et al., WACV 2018, https://arxiv.org/abs/1710.11063",
+    family=GRADIENT,
+    formula="w_k = sum_ij alpha_k,ij relu(G_k,ij), alpha = G^2 / (2 G^2 + (sum_ab A_k,ab) G^3)",
+)
+class LayerGradCamPlusPlus(GradientCamAttribution):
     r"""
     Grad-CAM++ [Chattopadhyay et al., WACV 2018,
     https://arxiv.org/abs/1710.11063], with the closed-form coefficients of

@@ -3,15 +3,14 @@ import warnings
 from typing import List, Optional, Tuple, Type, Union
 
 import torch
-from captum._utils.common import _format_output, _format_tensor_into_tuples, _is_tuple
 from captum._utils.typing import TargetType
-from captum.attr import GuidedBackprop
-from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
+from captum.attr import GradientAttribution, GuidedBackprop, LayerAttribution
 from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
 from captum_xcam._core.xgrad_cam import LayerXGradCam
+from captum_xcam._utils.formatting import as_tuple
 from captum_xcam._utils.model_state import modules_of, preserved_model_state
 
 
@@ -78,13 +77,12 @@ class GuidedLayerCam(GradientAttribution):
             input and shaped like it. An input that the CAM cannot be
             interpolated to gets an empty tensor and a warning, as in Captum.
         """
-        is_inputs_tuple = _is_tuple(inputs)
-        inputs_tuple = _format_tensor_into_tuples(inputs)
+        inputs_tuple = as_tuple(inputs)
         with preserved_model_state(modules_of(self.forward_func, self.cam.layer)):
-            cam = self.cam.attribute.__wrapped__(  # type: ignore[attr-defined]
+            cam = self.cam.attribute.__wrapped__(
                 self.cam,
                 inputs_tuple,
-                target=target,
+                target=target if getattr(self.cam, "uses_target", True) else None,
                 additional_forward_args=additional_forward_args,
                 attribute_to_layer_input=attribute_to_layer_input,
                 relu_attributions=True,
@@ -92,19 +90,16 @@ class GuidedLayerCam(GradientAttribution):
             )
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*Setting backward hooks")
-                guided = self.guided_backprop.attribute.__wrapped__(  # type: ignore[attr-defined]
+                guided = self.guided_backprop.attribute.__wrapped__(
                     self.guided_backprop,
                     inputs_tuple,
                     target=target,
                     additional_forward_args=additional_forward_args,
                 )
-        return _format_output(
-            is_inputs_tuple,
-            tuple(
-                _guided_product(g, cam, x, interpolate_mode)
-                for g, x in zip(guided, inputs_tuple)
-            ),
+        products = tuple(
+            _guided_product(g, cam, x, interpolate_mode) for g, x in zip(guided, inputs_tuple)
         )
+        return products if isinstance(inputs, tuple) else products[0]
 
 
 def _guided_product(guided: Tensor, cam: Tensor, inp: Tensor, mode: str) -> Tensor:

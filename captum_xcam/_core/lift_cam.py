@@ -5,14 +5,14 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from captum._utils.typing import TargetType
-from captum.attr import DeepLift
-from captum.attr._utils.attribution import GradientAttribution
+from captum.attr import DeepLift, GradientAttribution
 from torch import Tensor
 from torch.nn import Module
 
-from captum_xcam._core.layer_cam import LayerCam, spatial_sum
-from captum_xcam._core.layer_tail import LayerTail, TracedTail
+from captum_xcam._core.cam_attribution import CamAttribution, spatial_sum
+from captum_xcam._core.registry import GRADIENT, register_method
 from captum_xcam._utils.deeplift_rules import deeplift_tail
+from captum_xcam._utils.layer_tail import LayerTail, TracedTail
 from captum_xcam._utils.user_warnings import warn
 
 
@@ -22,7 +22,14 @@ class LiftCompletenessWarning(UserWarning):
     rule. The message gives the measured gap."""
 
 
-class LayerLiftCam(LayerCam, GradientAttribution):
+@register_method(
+    "liftcam",
+    name="LIFT-CAM",
+    paper="Jung & Oh, ICCV 2021, https://arxiv.org/abs/2102.05228",
+    family=GRADIENT,
+    formula="w_k = sum_ij DeepLIFT contribution of A_k,ij, zero layer reference",
+)
+class LayerLiftCam(CamAttribution, GradientAttribution):
     r"""
     LIFT-CAM [Jung & Oh, ICCV 2021, https://arxiv.org/abs/2102.05228]. The
     ideal channel weights are the SHAP values of the activation maps, each
@@ -72,7 +79,7 @@ class LayerLiftCam(LayerCam, GradientAttribution):
         layer: Module,
         device_ids: Union[None, List[int]] = None,
     ) -> None:
-        LayerCam.__init__(self, forward_func, layer, device_ids)
+        CamAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
 
     def _activations_and_weights(

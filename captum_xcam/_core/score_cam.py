@@ -1,24 +1,30 @@
 """Score-CAM: Wang et al., CVPR Workshops 2020."""
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from captum._utils.typing import BaselineType, TargetType
-from captum.attr._utils.attribution import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor
-from torch.nn import Module
 
-from captum_xcam._core.layer_cam import LayerCam
-from captum_xcam._core.layer_tail import layer_activations
-from captum_xcam._core.replay import replay_channels
+from captum_xcam._core.cam_attribution import PerturbationCamAttribution
+from captum_xcam._core.registry import PERTURBATION, register_method
+from captum_xcam._utils.chunks import evaluate_in_chunks
+from captum_xcam._utils.layer_tail import layer_activations
 from captum_xcam._utils.model_state import without_data_parallel
 from captum_xcam._utils.targets import TargetSelector, rows_of
 
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
-class LayerScoreCam(LayerCam, PerturbationAttribution):
+@register_method(
+    "scorecam",
+    name="Score-CAM",
+    paper="Wang et al., CVPR Workshops 2020, https://arxiv.org/abs/1910.01279",
+    family=PERTURBATION,
+    formula="w_k = f(X_b + (X - X_b) H_k) - f(X_b), H_k the normalised upsampled map",
+)
+class LayerScoreCam(PerturbationCamAttribution):
     r"""
     Score-CAM [Wang et al., CVPR Workshops 2020, https://arxiv.org/abs/1910.01279].
     A gradient-free CAM that weights each channel by the target output on the
@@ -44,22 +50,14 @@ class LayerScoreCam(LayerCam, PerturbationAttribution):
         >>> cam = LayerScoreCam(lambda x: model(x).softmax(dim=1), model.layer4)
         >>> attr = cam.attribute(images, target=labels, relu_attributions=True)
 
-    Masked inputs are built and scored ``perturbations_per_eval`` at a time,
-    in batches that may mix examples, so memory grows with that number, not
-    with the channel count; channels with a constant map are not replayed. The
+    Masked inputs are built and scored ``perturbations_per_eval`` channels of
+    every example per forward pass (``N * perturbations_per_eval`` rows for N
+    examples, as Captum counts), so memory grows with that number, not with
+    the channel count; channels with a constant map are not replayed. The
     masked inputs keep the memory format of the inputs: images in
     ``torch.channels_last`` make the many forward passes faster on most
     devices (about 1.4x on a CPU for ResNet-50), where the model accepts them.
     """
-
-    def __init__(
-        self,
-        forward_func: Callable,
-        layer: Module,
-        device_ids: Union[None, List[int]] = None,
-    ) -> None:
-        LayerCam.__init__(self, forward_func, layer, device_ids)
-        PerturbationAttribution.__init__(self, forward_func)
 
     @log_usage()
     def attribute(
@@ -76,22 +74,24 @@ class LayerScoreCam(LayerCam, PerturbationAttribution):
         channel_softmax: bool = False,
     ) -> Tensor:
         r"""
-        Arguments as in :meth:`LayerCam.attribute`, and:
+        Arguments as in :meth:`CamAttribution.attribute`, and:
 
             baselines (scalar, Tensor or tuple, optional): The reference input
                         ``X_b``, in Captum's forms: a number, a tensor shaped
                         like the input (or broadcastable to it, such as one
                         example), or a tuple with one of these per input.
                         Default: None (zeros)
-            perturbations_per_eval (int, optional): How many masked inputs are
-                        evaluated in one forward pass. Default: 16
+            perturbations_per_eval (int, optional): How many masked copies
+                        of each example are evaluated in one forward pass (as
+                        in Captum: N examples make N times as many rows).
+                        Default: 16
             show_progress (bool, optional): Show a progress bar over the
                         channels. Default: False
             channel_softmax (bool, optional): Softmax the weights over the
                         channels (the paper's Algorithm 1). Default: False
 
         Returns:
-            *Tensor* of **attributions**, shaped as by :meth:`LayerCam.attribute`.
+            *Tensor* of **attributions**, shaped as by :meth:`CamAttribution.attribute`.
         """
         return self._attribute(
             inputs,
@@ -116,6 +116,7 @@ class LayerScoreCam(LayerCam, PerturbationAttribution):
         perturbations_per_eval: int = 16,
         show_progress: bool = False,
         channel_softmax: bool = False,
+        **sampling: Any,
     ) -> Tuple[Tensor, Tensor]:
         activations, _ = layer_activations(
             without_data_parallel(self.forward_func),
@@ -132,17 +133,20 @@ class LayerScoreCam(LayerCam, PerturbationAttribution):
                 f"dimension(s); no input has them (shapes "
                 f"{[tuple(x.shape) for x in inputs]})."
             )
+        samples = self._mask_samples(**sampling)
         references = format_baselines(baselines, inputs)
         args = additional_forward_args or ()
         with torch.no_grad():
             reference_output = self.forward_func(*references, *args)
         select = TargetSelector(target, reference_output)
         reference_scores = select(reference_output)
+        n, channels = activations.shape[:2]
 
-        def masked_scores(rows: Tensor, channels: Tensor) -> Tensor:
-            maps = activations[rows, channels]
+        def masked_scores(rows: Tensor, perturbations: Tensor) -> Tensor:
+            maps = activations[rows, perturbations % channels]
+            sample = perturbations // channels
             masked_inputs = tuple(
-                mask_input(x[rows], b[rows], maps) if m else x[rows]
+                mask_input(x[rows], b[rows], samples.apply(maps, sample, x)) if m else x[rows]
                 for x, b, m in zip(inputs, references, masked)
             )
             with torch.no_grad():
@@ -150,38 +154,78 @@ class LayerScoreCam(LayerCam, PerturbationAttribution):
             return select(output, rows) - reference_scores[rows.to(reference_scores.device)]
 
         flat = activations.flatten(2)
-        weights = replay_channels(
-            activations.shape[0],
-            activations.shape[1],
+        constant = flat.amax(2) == flat.amin(2)
+        scores = evaluate_in_chunks(
+            n,
+            channels * samples.count,
             masked_scores,
             perturbations_per_eval,
             activations.device,
             show_progress,
-            desc="Score-CAM channels",
-            skip=flat.amax(2) == flat.amin(2),
+            desc=f"{self.method_info.name} channels",
+            skip=constant.repeat(1, samples.count) if samples.zero_if_constant else None,
         )
+        weights = scores.reshape(n, samples.count, channels).mean(1)
         if channel_softmax:
             weights = weights.softmax(dim=1)
         return activations, weights
 
+    def _mask_samples(self) -> "MaskSamples":
+        r"""Score-CAM scores each channel's mask once, as it is."""
+        return MaskSamples(1, lambda masks, sample: masks)
+
+
+class MaskSamples:
+    r"""How the Score-CAM family scores each channel: ``count`` versions of
+    its mask ``H_k``, the ``s``-th given by ``transform(masks, s)`` for masks
+    (M, 1, *size) at an input's resolution and sample indices ``s`` (M,), the
+    weight being the mean of the versions' increases of confidence.
+    ``zero_if_constant``: a constant channel's zero mask gives weight 0 in
+    every version (so it need not be replayed)."""
+
+    def __init__(
+        self,
+        count: int,
+        transform: Callable[[Tensor, Tensor], Tensor],
+        zero_if_constant: bool = True,
+    ) -> None:
+        self.count = count
+        self.transform = transform
+        self.zero_if_constant = zero_if_constant
+
+    def apply(self, maps: Tensor, sample: Tensor, x: Tensor) -> Tensor:
+        r"""The masks (M, 1, *size) for M activation maps and samples, at the
+        resolution of input ``x``."""
+        masks = upsampled_masks(maps.to(x.device, x.dtype), tuple(x.shape[2:]))
+        return self.transform(masks, sample.to(x.device))
+
+
+def check_num_samples(num_samples: object) -> None:
+    r"""A ValueError unless ``num_samples`` (of a sampling variant) is a positive int."""
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+
 
 def upsampled_masks(maps: Tensor, size: Tuple[int, ...]) -> Tensor:
     r"""Score-CAM's masks ``H``: each map (M, *spatial) interpolated to ``size``
-    and min-max normalised to [0, 1]; a constant map gives zeros. Returns
-    (M, 1, *size)."""
+    and min-max normalised to [0, 1]; a constant map gives zeros. Constancy is
+    decided on the map itself: interpolation rounds a constant map (a 1x1 one,
+    say) into one that varies by an ulp, which normalisation would blow up
+    into a mask of rounding noise. Returns (M, 1, *size)."""
     mode = _INTERPOLATION[maps.dim() - 1]
     up = F.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=False)
+    shape = (-1,) + (1,) * (up.dim() - 1)
     flat = up.flatten(1)
-    low = flat.amin(1).reshape(-1, *([1] * (up.dim() - 1)))
-    span = flat.amax(1).reshape(-1, *([1] * (up.dim() - 1))) - low
-    return torch.where(span > 0, (up - low) / torch.where(span > 0, span, 1), 0)
+    low = flat.amin(1).reshape(shape)
+    span = flat.amax(1).reshape(shape) - low
+    varies = (maps.flatten(1).amax(1) > maps.flatten(1).amin(1)).reshape(shape) & (span > 0)
+    return torch.where(varies, (up - low) / torch.where(varies, span, 1), 0)
 
 
-def mask_input(x: Tensor, reference: Tensor, maps: Tensor) -> Tensor:
-    r"""``X_b + (X - X_b) * H`` for M rows of an input and M activation maps,
-    in the memory format of ``x`` (channels-last inputs make faster
-    convolutions on many devices)."""
-    masks = upsampled_masks(maps.to(x.device, x.dtype), tuple(x.shape[2:]))
+def mask_input(x: Tensor, reference: Tensor, masks: Tensor) -> Tensor:
+    r"""``X_b + (X - X_b) * H`` for M rows of an input and M masks, in the
+    memory format of ``x`` (channels-last inputs make faster convolutions on
+    many devices)."""
     return torch.addcmul(reference, x - reference, masks, out=torch.empty_like(x))
 
 

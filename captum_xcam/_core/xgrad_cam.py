@@ -1,10 +1,18 @@
 """XGrad-CAM: Fu et al., "Axiom-based Grad-CAM", BMVC 2020."""
 from torch import Tensor
 
-from captum_xcam._core.layer_cam import GradientLayerCam, spatial_sum
+from captum_xcam._core.cam_attribution import GradientCamAttribution, spatial_sum
+from captum_xcam._core.registry import GRADIENT, register_method
 
 
-class LayerXGradCam(GradientLayerCam):
+@register_method(
+    "xgradcam",
+    name="XGrad-CAM",
+    paper="Fu et al., BMVC 2020, https://arxiv.org/abs/2008.02312",
+    family=GRADIENT,
+    formula="w_k = sum_ij A_k,ij G_k,ij / sum_ij A_k,ij",
+)
+class LayerXGradCam(GradientCamAttribution):
     r"""
     XGrad-CAM (Axiom-based Grad-CAM) [Fu et al., BMVC 2020,
     https://arxiv.org/abs/2008.02312]. Each gradient is weighted by its

@@ -119,8 +119,12 @@ def _timm_notrace() -> Tuple[Tuple[type, ...], Tuple[Callable, ...]]:
     r"""The modules and functions that timm registers as not traceable by
     torch.fx (padding computed from shapes, and the like), to be kept whole,
     as timm's own feature extraction keeps them; nothing without timm."""
-    timm_layers = sys.modules.get("timm.layers")
-    if timm_layers is None or not hasattr(timm_layers, "get_notrace_modules"):
+    # timm >= 1.0 exports the registry from timm.layers, timm 0.9 from timm.models.
+    for name in ("timm.layers", "timm.models"):
+        timm_layers = sys.modules.get(name)
+        if timm_layers is not None and hasattr(timm_layers, "get_notrace_modules"):
+            break
+    else:
         return (), ()
     functions = tuple(f for f in timm_layers.get_notrace_functions() if callable(f))
     return tuple(timm_layers.get_notrace_modules()), functions

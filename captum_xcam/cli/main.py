@@ -30,6 +30,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Captum's notes on every call (inputs set to require grad, hooks set): noise here.
     warnings.filterwarnings("ignore", message=".*did not already require gradients")
     warnings.filterwarnings("ignore", message=".*Setting (forward, )?backward hooks")
+    # torch < 2.2: torch.load(weights_only=True) itself warns that TypedStorage is deprecated.
+    warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
     try:
         args.run(args)
     except CliError as error:
