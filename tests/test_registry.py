@@ -14,12 +14,12 @@ from conftest import make_images, make_tiny
 from registered import METHODS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-KEYS = {"gradcam", "xgradcam", "gradcampp", "ablationcam", "scorecam", "liftcam",
+KEYS = {"gradcam", "xgradcam", "gradcampp", "ablationcam", "scorecam", "liftcam", "hirescam",
         "layercam", "elementwisegradcam", "eigencam", "sscam", "iscam"}
 
 
 def test_the_registry_holds_the_whole_family():
-    assert KEYS <= set(list_methods()) and len(list_methods()) >= 11
+    assert KEYS <= set(list_methods()) and len(list_methods()) >= 12
     assert sorted(list_methods()) == sorted(set(list_methods()))
     for family in FAMILIES:
         assert all(get_method(k).method_info.family == family for k in list_methods(family=family))
