@@ -528,3 +528,16 @@ def test_console_script_is_declared_for_main():
     from captum_xcam.cli import main
 
     assert getattr(__import__(module, fromlist=[name]), name) is main
+
+
+@pytest.mark.parametrize("key", [k for k in list_methods() if not method_info(k).uses_target])
+def test_a_target_free_method_and_its_guided_variant_run_with_the_cli_target(key):
+    # The plain map ignores the target; guided backpropagation still needs it.
+    from captum_xcam.cli.methods import attribute
+    from conftest import make_images, make_tiny
+
+    model, layer = make_tiny()
+    x = make_images(n=1, size=16)
+    plain, _ = attribute(method_info(key), model, layer, x, [2])
+    guided, _ = attribute(method_info(key), model, layer, x, [2], guided=True)
+    assert plain.shape == (1, 1, 4, 4) and guided.shape == x.shape

@@ -16,12 +16,13 @@ def parse_methods(text: str) -> List[MethodInfo]:
     r"""Comma-separated keys of the registry (:func:`captum_xcam.list_methods`),
     or "all" for every one."""
     keys = [key.strip().lower() for key in text.split(",") if key.strip()]
+    known = list_methods()
     if keys == ["all"]:
-        keys = list_methods()
-    unknown = [key for key in keys if key not in list_methods()]
+        keys = known
+    unknown = [key for key in keys if key not in known]
     if unknown or not keys:
         raise CliError(f"Unknown method {', '.join(unknown) or repr(text)}; choose from "
-                       f"{','.join(list_methods())} (comma-separated) or all.")
+                       f"{','.join(known)} (comma-separated) or all.")
     return [method_info(key) for key in dict.fromkeys(keys)]
 
 
@@ -43,15 +44,16 @@ def attribute(
     if method.perturbation:
         kwargs = {"perturbations_per_eval": PERTURBATIONS_PER_EVAL,
                   "show_progress": show_progress}
-    if not method.uses_target:
-        target = None
     start = time.perf_counter()
     if guided:
         attributions = GuidedLayerCam(model, layer, cam=method.cam).attribute(
             inputs, target=target, **kwargs)
     else:
+        # GuidedLayerCam itself drops the target of a target-free CAM (its
+        # guided backpropagation still needs it); so does the plain call here.
         attributions = method.cam(model, layer).attribute(
-            inputs, target=target, relu_attributions=True, **kwargs)
+            inputs, target=target if method.uses_target else None, relu_attributions=True,
+            **kwargs)
     if attributions.device.type == "cuda":
         torch.cuda.synchronize(attributions.device)
     return attributions.detach(), time.perf_counter() - start
