@@ -4,7 +4,7 @@ from typing import Dict, List, Optional, Type
 
 from captum.attr import LayerAttribution
 
-from captum_xcam import get_method, list_methods, method_info
+from captum_xcam import get_method, list_methods
 
 METHODS: List[Type[LayerAttribution]] = [get_method(key) for key in list_methods()]
 #: Methods whose map depends on the target (the others ignore it, with a warning).
@@ -21,7 +21,7 @@ NOT_GATHERING = [cam for cam in METHODS if not cam._gathers_devices]
 
 def quick(cam_class: Type[LayerAttribution]) -> Dict[str, object]:
     r"""Keywords that keep a sampling method's tests short (fewer samples)."""
-    keywords = method_info(cam_class.method_info.key).attribute_keywords
+    keywords = cam_class.method_info.attribute_keywords
     return {"num_samples": 2} if "num_samples" in keywords else {}
 
 

@@ -6,7 +6,8 @@ from captum.log import log_usage
 from torch import Tensor
 
 from captum_xcam._core.registry import PERTURBATION, register_method
-from captum_xcam._core.score_cam import LayerScoreCam, MaskSamples, check_num_samples
+from captum_xcam._core.score_cam import LayerScoreCam, MaskSamples
+from captum_xcam._utils.validation import check_positive_int
 
 
 @register_method(
@@ -75,7 +76,7 @@ class LayerIntegratedScoreCam(LayerScoreCam):
         )
 
     def _mask_samples(self, num_samples: int = 10) -> MaskSamples:
-        check_num_samples(num_samples)
+        check_positive_int(num_samples, "num_samples")
 
         def scaled(masks: Tensor, sample: Tensor) -> Tensor:
             scale = (sample + 1).to(masks.dtype) / num_samples

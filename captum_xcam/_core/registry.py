@@ -6,6 +6,7 @@ its own file and nothing else. The CLI, the benchmarks, the tests' method lists
 and the README's method table all read :func:`list_methods` and
 :func:`get_method`."""
 import difflib
+import functools
 import importlib
 import inspect
 import pkgutil
@@ -95,9 +96,10 @@ def register_method(
     return register
 
 
+@functools.lru_cache(maxsize=None)
 def _load_methods() -> None:
-    r"""Imports every module of :mod:`captum_xcam._core`, which registers its
-    methods."""
+    r"""Imports every module of :mod:`captum_xcam._core` (once), which
+    registers its methods."""
     package = importlib.import_module("captum_xcam._core")
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{module.name}")
@@ -106,11 +108,14 @@ def _load_methods() -> None:
 def list_methods(family: Optional[str] = None) -> List[str]:
     r"""The keys of the registered methods, in the order of :data:`FAMILIES`
     and then by key; only those of ``family`` if given."""
-    _load_methods()
     if family is not None and family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}.")
-    infos = sorted(_REGISTRY.values(), key=lambda i: (FAMILIES.index(i.family), i.key))
-    return [i.key for i in infos if family in (None, i.family)]
+    return [i.key for i in _sorted_infos() if family in (None, i.family)]
+
+
+def _sorted_infos() -> List[MethodInfo]:
+    _load_methods()
+    return sorted(_REGISTRY.values(), key=lambda i: (FAMILIES.index(i.family), i.key))
 
 
 def method_info(key: str) -> MethodInfo:
@@ -140,8 +145,7 @@ def get_method(key: str) -> Type[LayerAttribution]:
 def method_table() -> str:
     r"""The registered methods as the README's Markdown table."""
     rows = ["| key | class | method | family | weights | paper |", "|---" * 6 + "|"]
-    for key in list_methods():
-        info = method_info(key)
+    for info in _sorted_infos():
         cells = (f"`{info.key}`", f"`{info.cam.__name__}`", info.name, info.family,
                  f"`{info.formula}`", info.paper)
         rows.append("| " + " | ".join(cells) + " |")

@@ -200,12 +200,6 @@ class MaskSamples:
         return self.transform(masks, sample.to(x.device))
 
 
-def check_num_samples(num_samples: object) -> None:
-    r"""A ValueError unless ``num_samples`` (of a sampling variant) is a positive int."""
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
-
-
 def upsampled_masks(maps: Tensor, size: Tuple[int, ...]) -> Tensor:
     r"""Score-CAM's masks ``H``: each map (M, *spatial) interpolated to ``size``
     and min-max normalised to [0, 1]; a constant map gives zeros. Constancy is

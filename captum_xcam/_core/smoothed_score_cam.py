@@ -7,7 +7,8 @@ from captum.log import log_usage
 from torch import Tensor
 
 from captum_xcam._core.registry import PERTURBATION, register_method
-from captum_xcam._core.score_cam import LayerScoreCam, MaskSamples, check_num_samples
+from captum_xcam._core.score_cam import LayerScoreCam, MaskSamples
+from captum_xcam._utils.validation import check_positive_int
 
 
 @register_method(
@@ -90,7 +91,7 @@ class LayerSmoothedScoreCam(LayerScoreCam):
     def _mask_samples(
         self, num_samples: int = 35, stddev: float = 2.0, seed: int = 0
     ) -> MaskSamples:
-        check_num_samples(num_samples)
+        check_positive_int(num_samples, "num_samples")
         if not stddev >= 0:
             raise ValueError(f"stddev must be a non-negative number, got {stddev!r}.")
         noise: Dict[Tuple[int, ...], Tensor] = {}

@@ -13,18 +13,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-
-def check_perturbations_per_eval(perturbations_per_eval: object) -> int:
-    r"""``perturbations_per_eval`` if it is a positive int, else a ValueError."""
-    if (
-        not isinstance(perturbations_per_eval, int)
-        or isinstance(perturbations_per_eval, bool)
-        or perturbations_per_eval < 1
-    ):
-        raise ValueError(
-            f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}."
-        )
-    return perturbations_per_eval
+from captum_xcam._utils.validation import check_positive_int
 
 
 def evaluate_in_chunks(
@@ -44,7 +33,8 @@ def evaluate_in_chunks(
     examples in order, so a chunk without skipped pairs lists ``rows``
     ``0 .. N-1`` repeatedly. Pairs where ``skip`` (N, P) is True are not
     evaluated and get 0."""
-    chunk_size = check_perturbations_per_eval(perturbations_per_eval) * num_examples
+    chunk_size = check_positive_int(perturbations_per_eval, "perturbations_per_eval")
+    chunk_size *= num_examples
     pairs = torch.arange(num_examples * num_perturbations, device=device)
     if skip is not None:
         pairs = pairs[~skip.T.reshape(-1).to(device)]

@@ -9,6 +9,14 @@ from torch.nn import Module
 from captum_xcam._utils.model_state import model_of
 
 
+def check_positive_int(value: object, name: str) -> int:
+    r"""``value`` if it is a positive int (not a bool), else a ValueError
+    that names the argument."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    return value
+
+
 def check_layer(forward_func: Callable, layer: Module) -> None:
     if not isinstance(layer, Module):
         raise TypeError(f"layer must be a torch.nn.Module, got {type(layer).__name__}")

@@ -7,7 +7,7 @@ from captum._utils.typing import TargetType
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
-from captum_xcam._utils.chunks import check_perturbations_per_eval, evaluate_in_chunks
+from captum_xcam._utils.chunks import evaluate_in_chunks
 from captum_xcam._utils.formatting import as_forward_args
 from captum_xcam._utils.targets import TargetSelector, rows_of
 from captum_xcam.metrics._maps import check_batch, input_resolution_maps
@@ -175,7 +175,6 @@ def _pixel_curves(
     step = width if step is None else step
     if not isinstance(step, int) or step < 1:
         raise ValueError(f"step must be a positive int, got {step!r}.")
-    check_perturbations_per_eval(perturbations_per_eval)
     args = as_forward_args(additional_forward_args)
     num_steps = math.ceil(pixels / step)
     changed = torch.clamp(torch.arange(num_steps + 1, device=inputs.device) * step, max=pixels)
