@@ -22,6 +22,7 @@ from captum_xcam._core.registry import (
 )
 from captum_xcam._utils.layer_tail import WholeModelReplayWarning
 from captum_xcam._version import __version__
+from captum_xcam.reshape_transforms import ChannelsLast, TokenGrid, reshape_transform_for
 
 _METHOD_CLASSES = {get_method(key).__name__: get_method(key) for key in list_methods()}
 globals().update(_METHOD_CLASSES)
@@ -42,8 +43,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CamAttribution",
+    "ChannelsLast",
     "GradientCamAttribution",
     "PerturbationCamAttribution",
+    "TokenGrid",
     "GuidedLayerCam",
     "LiftCompletenessWarning",
     "MethodInfo",
@@ -53,5 +56,6 @@ __all__ = [
     "list_methods",
     "method_info",
     "register_method",
+    "reshape_transform_for",
 ]
 __all__ += sorted(_METHOD_CLASSES)

@@ -11,8 +11,9 @@ from torch import Tensor
 from torch.nn import DataParallel, Module
 
 from captum_xcam._utils.formatting import as_forward_args, as_tuple
+from captum_xcam._utils.layer_grid import LayerGrid
 from captum_xcam._utils.layer_hooks import differentiable_from
-from captum_xcam._utils.layer_tail import LayerTail, layer_tail, single_record
+from captum_xcam._utils.layer_tail import LayerTail, layer_activations, layer_tail, single_record
 from captum_xcam._utils.model_state import (
     model_of,
     modules_of,
@@ -22,6 +23,7 @@ from captum_xcam._utils.model_state import (
 from captum_xcam._utils.targets import scoring, select_target_scores
 from captum_xcam._utils.user_warnings import warn
 from captum_xcam._utils.validation import check_inputs, check_layer, check_layer_tensor
+from captum_xcam.reshape_transforms import ReshapeTransform
 
 
 class CamAttribution(LayerAttribution):
@@ -57,6 +59,7 @@ class CamAttribution(LayerAttribution):
         forward_func: Callable,
         layer: Module,
         device_ids: Union[None, List[int]] = None,
+        reshape_transform: Optional[ReshapeTransform] = None,
     ) -> None:
         r"""
         Args:
@@ -67,12 +70,24 @@ class CamAttribution(LayerAttribution):
                         Its output (or input, with
                         ``attribute_to_layer_input=True``) must be a single
                         tensor of shape ``(N, K, *spatial)``, usually the
-                        last convolutional block of a CNN.
+                        last convolutional block of a CNN, or one that
+                        ``reshape_transform`` turns into that shape.
             device_ids (list[int], optional): Device ID list, necessary only
                         if forward_func applies a DataParallel model.
+            reshape_transform (Callable, optional): A function from the
+                        layer's tensor to ``(N, K, *spatial)``, for layers of
+                        another layout: a vision transformer's tokens
+                        (:class:`~captum_xcam.TokenGrid`), Swin's
+                        channels-last maps (:class:`~captum_xcam.ChannelsLast`).
+                        Default: None (the built-in transform of a recognised
+                        torchvision or timm ViT, DeiT or Swin, else none; a
+                        transformer's token tensor without one is refused
+                        with an error that says what to pass)
         """
         check_layer(forward_func, layer)
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        self.reshape_transform = reshape_transform
+        self._grid = LayerGrid(layer, reshape_transform, model_of(forward_func))
 
     @log_usage()
     def attribute(
@@ -147,6 +162,8 @@ class CamAttribution(LayerAttribution):
                 inputs, target, args, attribute_to_layer_input, **method_kwargs
             )
         check_weights(weights, activations, type(self).__name__)
+        if self._grid.transform is not None and not bool(weights.any()):
+            warn_unreached_grid(type(self).__name__)
         return weighted_sum(weights, activations, attr_dim_summation, relu_attributions)
 
     def _activations_and_weights(self, *args: Any, **method_kwargs: Any) -> Tuple[Tensor, Tensor]:
@@ -182,7 +199,8 @@ class CamAttribution(LayerAttribution):
         additional_forward_args: Optional[Tuple[object, ...]],
         attribute_to_layer_input: bool,
     ) -> LayerTail:
-        r"""The model after the layer, for the explained examples."""
+        r"""The model after the layer, for the explained examples, as a
+        function of the layer's grid."""
         return layer_tail(
             self.forward_func,
             self.layer,
@@ -190,7 +208,25 @@ class CamAttribution(LayerAttribution):
             additional_forward_args,
             target,
             attribute_to_layer_input,
+            grid=self._grid,
         )
+
+    def _layer_grid(
+        self,
+        inputs: Tuple[Tensor, ...],
+        additional_forward_args: Optional[Tuple[object, ...]],
+        attribute_to_layer_input: bool,
+    ) -> Tensor:
+        r"""The layer's grid for the explained examples, from one forward pass
+        without autograd."""
+        activations, _ = layer_activations(
+            without_data_parallel(self.forward_func),
+            self.layer,
+            inputs,
+            additional_forward_args,
+            attribute_to_layer_input,
+        )
+        return self._grid(activations)
 
 
 class GradientCamAttribution(CamAttribution, GradientAttribution):
@@ -206,8 +242,9 @@ class GradientCamAttribution(CamAttribution, GradientAttribution):
         forward_func: Callable,
         layer: Module,
         device_ids: Union[None, List[int]] = None,
+        reshape_transform: Optional[ReshapeTransform] = None,
     ) -> None:
-        CamAttribution.__init__(self, forward_func, layer, device_ids)
+        CamAttribution.__init__(self, forward_func, layer, device_ids, reshape_transform)
         GradientAttribution.__init__(self, forward_func)
 
     @log_usage()
@@ -252,6 +289,7 @@ class GradientCamAttribution(CamAttribution, GradientAttribution):
         activations, gradients = self._activations_and_gradients(
             inputs, target, additional_forward_args, attribute_to_layer_input, grad_kwargs or {}
         )
+        activations, gradients = self._grid(activations), self._grid.gradient(gradients)
         return activations, self._weights(activations, gradients)
 
     def _activations_and_gradients(
@@ -323,8 +361,9 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
         forward_func: Callable,
         layer: Module,
         device_ids: Union[None, List[int]] = None,
+        reshape_transform: Optional[ReshapeTransform] = None,
     ) -> None:
-        CamAttribution.__init__(self, forward_func, layer, device_ids)
+        CamAttribution.__init__(self, forward_func, layer, device_ids, reshape_transform)
         PerturbationAttribution.__init__(self, forward_func)
 
 
@@ -343,6 +382,20 @@ def check_weights(weights: Tensor, activations: Tensor, method: str) -> None:
             f"{tuple(activations.shape[:2])}, or one per channel and position, "
             f"{tuple(activations.shape)}."
         )
+
+
+def warn_unreached_grid(method: str) -> None:
+    r"""Says why a map through a reshape transform is zero everywhere."""
+    warn(
+        f"{method}: every weight is zero: the target score does not depend on the layer's "
+        "grid. Either it depends only on what the reshape transform drops: in a ViT's last "
+        "block only the class token feeds the head, so the patch tokens there get no "
+        "gradient and zeroing them changes nothing; explain the last block's first "
+        "LayerNorm instead (timm: blocks[-1].norm1, torchvision: encoder.layers[-1].ln_1), "
+        "where attention still mixes the patch tokens into the class token. Or it depends "
+        "on nothing the layer computes (a head of zeros, as torchvision initialises a ViT's).",
+        UserWarning,
+    )
 
 
 def weighted_sum(

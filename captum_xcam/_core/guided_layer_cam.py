@@ -12,6 +12,7 @@ from torch.nn import Module
 from captum_xcam._core.xgrad_cam import LayerXGradCam
 from captum_xcam._utils.formatting import as_tuple
 from captum_xcam._utils.model_state import modules_of, preserved_model_state
+from captum_xcam.reshape_transforms import ReshapeTransform
 
 
 class GuidedLayerCam(GradientAttribution):
@@ -37,6 +38,7 @@ class GuidedLayerCam(GradientAttribution):
         layer: Module,
         cam: Type[LayerAttribution] = LayerXGradCam,
         device_ids: Union[None, List[int]] = None,
+        reshape_transform: Optional[ReshapeTransform] = None,
     ) -> None:
         r"""
         Args:
@@ -46,9 +48,14 @@ class GuidedLayerCam(GradientAttribution):
             cam (type, optional): The CAM class. Default: LayerXGradCam
             device_ids (list[int], optional): Device ID list, necessary only
                         if model is a DataParallel model.
+            reshape_transform (Callable, optional): The CAM's reshape
+                        transform (a vision transformer's tokens to a grid).
+                        Default: None (recognised for torchvision's and timm's
+                        ViT, DeiT and Swin)
         """
         GradientAttribution.__init__(self, model)
-        self.cam = cam(model, layer, device_ids)
+        kwargs = {} if reshape_transform is None else {"reshape_transform": reshape_transform}
+        self.cam = cam(model, layer, device_ids, **kwargs)
         self.guided_backprop = GuidedBackprop(model)
 
     @log_usage()

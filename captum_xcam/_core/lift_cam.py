@@ -14,6 +14,7 @@ from captum_xcam._core.registry import GRADIENT, register_method
 from captum_xcam._utils.deeplift_rules import deeplift_tail
 from captum_xcam._utils.layer_tail import LayerTail, TracedTail
 from captum_xcam._utils.user_warnings import warn
+from captum_xcam.reshape_transforms import ReshapeTransform
 
 
 class LiftCompletenessWarning(UserWarning):
@@ -78,8 +79,9 @@ class LayerLiftCam(CamAttribution, GradientAttribution):
         forward_func: Callable,
         layer: Module,
         device_ids: Union[None, List[int]] = None,
+        reshape_transform: Optional[ReshapeTransform] = None,
     ) -> None:
-        CamAttribution.__init__(self, forward_func, layer, device_ids)
+        CamAttribution.__init__(self, forward_func, layer, device_ids, reshape_transform)
         GradientAttribution.__init__(self, forward_func)
 
     def _activations_and_weights(

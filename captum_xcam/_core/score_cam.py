@@ -10,8 +10,6 @@ from torch import Tensor
 from captum_xcam._core.cam_attribution import PerturbationCamAttribution
 from captum_xcam._core.registry import PERTURBATION, register_method
 from captum_xcam._utils.chunks import evaluate_in_chunks
-from captum_xcam._utils.layer_tail import layer_activations
-from captum_xcam._utils.model_state import without_data_parallel
 from captum_xcam._utils.targets import TargetSelector, rows_of
 
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -118,13 +116,7 @@ class LayerScoreCam(PerturbationCamAttribution):
         channel_softmax: bool = False,
         **sampling: Any,
     ) -> Tuple[Tensor, Tensor]:
-        activations, _ = layer_activations(
-            without_data_parallel(self.forward_func),
-            self.layer,
-            inputs,
-            additional_forward_args,
-            attribute_to_layer_input,
-        )
+        activations = self._layer_grid(inputs, additional_forward_args, attribute_to_layer_input)
         spatial_dims = activations.dim() - 2
         masked = [x.dim() - 2 == spatial_dims for x in inputs]
         if not any(masked) or spatial_dims not in _INTERPOLATION:

@@ -29,6 +29,7 @@ from captum_xcam._utils.graph_split import (
     discard_split,
     split_at_layer,
 )
+from captum_xcam._utils.layer_grid import LayerGrid
 from captum_xcam._utils.layer_hooks import captured, substituted
 from captum_xcam._utils.model_state import model_of, without_data_parallel
 from captum_xcam._utils.targets import TargetSelector, rows_of
@@ -47,8 +48,13 @@ class LayerTail:
     The target scores of ``forward_func`` on the explained examples as a
     function of one layer's output (or input).
 
+    With a :class:`~captum_xcam._utils.layer_grid.LayerGrid` that reshapes
+    the layer's tensor (a transformer's tokens), the function is one of the
+    grid: a replacement grid is put back into the layer's own layout, with
+    what the transform drops (prefix tokens) as it was.
+
     Attributes:
-        activations (Tensor): The layer tensor of the explained examples,
+        activations (Tensor): The layer's grid for the explained examples,
                     (N, K, *spatial), owned by the caller.
         target_scores (Tensor): Their target scores (N,).
         selector (TargetSelector): Picks the target scores of any rows.
@@ -59,29 +65,48 @@ class LayerTail:
     target_scores: Tensor
     selector: TargetSelector
     path: str
+    _place: Optional[Callable[[Tensor, Tensor], Tensor]] = None
+
+    def _on_grid(self, layer_tensor: Tensor, grid: Optional[LayerGrid]) -> None:
+        r"""Sets ``activations`` to the grid of ``layer_tensor`` and, where the
+        grid is reshaped, the placement of a grid back into the layer."""
+        if grid is None or grid.transform is None:
+            self.activations = layer_tensor if grid is None else grid(layer_tensor)
+            return
+        self.activations = grid(layer_tensor)
+        self._place = grid.placed(layer_tensor)
 
     def scores(self, layer_value: Tensor, rows: Tensor) -> Tensor:
         r"""
         Args:
-            layer_value (Tensor): M replacement layer tensors, one per row,
-                        handed over: the model may change it in place.
+            layer_value (Tensor): M replacement grids, one per row, handed
+                        over: the model may change them in place.
             rows (Tensor): The explained example each replacement belongs to
                         (M,), repeats allowed.
         Returns:
             The target score of each row (M,), without autograd.
         """
         with torch.no_grad():
+            if self._place is not None:
+                layer_value = self._place(layer_value, rows)
             return self.selector(self._outputs(layer_value, rows), rows)
 
     def _outputs(self, layer_value: Tensor, rows: Tensor) -> Tensor:
-        return self.module()(layer_value, rows)
+        r"""The outputs for M layer tensors (in the layer's own layout)."""
+        raise NotImplementedError
 
     def module(self) -> Module:
-        r"""The tail as a module, ``forward(layer_value, rows=None)`` giving the
+        r"""The tail as a module, ``forward(grid, rows=None)`` giving the
         model's output; ``rows`` defaults to ``i % N`` for row ``i``. Its
         submodules are the model's own, so that Captum's DeepLift can hook the
         nonlinearities that the tail runs."""
         raise NotImplementedError
+
+    def _of_grid(self, module: Module) -> Module:
+        r"""``module`` (a function of the layer tensor) as a function of the grid."""
+        if self._place is None:
+            return module
+        return _GridPlaced(module, self._place, len(self.activations))
 
 
 class TracedTail(LayerTail):
@@ -94,14 +119,16 @@ class TracedTail(LayerTail):
         split: GraphSplit,
         head_values: Tuple[Tensor, ...],
         target: TargetType,
+        grid: Optional[LayerGrid] = None,
     ) -> None:
-        self.activations = head_values[0]
+        layer_tensor = head_values[0]
         self.split = split
         self._module = _TracedTailModule(
-            split.tail, split.kinds, head_values[1:], len(self.activations)
+            split.tail, split.kinds, head_values[1:], len(layer_tensor)
         )
+        self._on_grid(layer_tensor, grid)
         with torch.no_grad():
-            output = self._module(self.activations.clone())
+            output = self._module(layer_tensor.clone())
         self.selector = TargetSelector(target, output)
         self.target_scores = self.selector(output)
 
@@ -109,9 +136,9 @@ class TracedTail(LayerTail):
         r"""The tail as a module, as :meth:`LayerTail.module`; with ``tail``,
         a rewrite of ``self.split.tail`` run in its place."""
         if tail is None:
-            return self._module
+            return self._of_grid(self._module)
         m = self._module
-        return _TracedTailModule(tail, m.kinds, m.crossing, m.n)
+        return self._of_grid(_TracedTailModule(tail, m.kinds, m.crossing, m.n))
 
     def _outputs(self, layer_value: Tensor, rows: Tensor) -> Tensor:
         return self._module.outputs(layer_value, rows)
@@ -135,11 +162,13 @@ class ReplayedTail(LayerTail):
         target: TargetType,
         attribute_to_layer_input: bool,
         reason: str = "",
+        grid: Optional[LayerGrid] = None,
     ) -> None:
         self.reason = reason
-        self.activations, output = layer_activations(
+        layer_tensor, output = layer_activations(
             forward_func, layer, inputs, additional_forward_args, attribute_to_layer_input
         )
+        self._on_grid(layer_tensor, grid)
         self.selector = TargetSelector(target, output)
         self.target_scores = self.selector(output)
         self._module = LayerSubstitutedModel(
@@ -151,8 +180,11 @@ class ReplayedTail(LayerTail):
             attribute_to_layer_input,
         )
 
+    def _outputs(self, layer_value: Tensor, rows: Tensor) -> Tensor:
+        return self._module(layer_value, rows)
+
     def module(self) -> Module:
-        return self._module
+        return self._of_grid(self._module)
 
 
 def layer_tail(
@@ -162,13 +194,15 @@ def layer_tail(
     additional_forward_args: Optional[Tuple[object, ...]],
     target: TargetType,
     attribute_to_layer_input: bool,
+    grid: Optional[LayerGrid] = None,
 ) -> LayerTail:
     r"""A :class:`TracedTail` where ``torch.fx`` can split ``forward_func``
     (the model, its ``forward``, or a Python function that calls it) at the
     layer, with crossing values that have one row per example; else a
     :class:`ReplayedTail`, with a :class:`WholeModelReplayWarning` that names
     the reason, once per layer. A ``DataParallel`` model is split (or re-run)
-    as the module it wraps."""
+    as the module it wraps. With ``grid``, the tail is a function of the
+    layer's grid (:class:`LayerTail`)."""
     forward_func = without_data_parallel(forward_func)
     model = model_of(forward_func)
     if model is not None and not (forward_func is model or forward_func == model.forward):
@@ -184,7 +218,7 @@ def layer_tail(
         check_layer_tensor(values, layer, where)
         problem = _replay_problem(split, head_values, len(inputs[0]))
         if problem is None:
-            return TracedTail(split, head_values, target)
+            return TracedTail(split, head_values, target, grid)
         split = Unsplittable(
             problem,
             "compute that value per example; a model that mixes the examples of a batch gives "
@@ -201,6 +235,7 @@ def layer_tail(
         target,
         attribute_to_layer_input,
         reason=split.reason,
+        grid=grid,
     )
 
 
@@ -326,6 +361,21 @@ def _stand_in(shape_of: Tensor, rows: int) -> Tensor:
     r"""A tensor of ``rows`` rows shaped like ``shape_of`` otherwise, without
     data: the tail reads only its shape, dtype and device."""
     return shape_of[:1].expand(rows, *shape_of.shape[1:])
+
+
+class _GridPlaced(Module):
+    r"""A tail module as a function of the layer's grid: the grid of rows
+    ``rows`` is put into their layer tensor, then the tail runs."""
+
+    def __init__(self, tail: Module, place: Callable[[Tensor, Tensor], Tensor], n: int) -> None:
+        super().__init__()
+        self.tail = tail
+        self.place = place
+        self.n = n
+
+    def forward(self, grid: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        rows = _cyclic_rows(grid, rows, self.n)
+        return self.tail(self.place(grid, rows), rows)
 
 
 class LayerSubstitutedModel(Module):
