@@ -18,7 +18,17 @@ def expected_eigen_cam(A: torch.Tensor, center: bool) -> torch.Tensor:
         values, vectors = torch.linalg.eigh(M @ M.T)
         projection = M @ (M.T @ vectors[:, -1]) / values[-1].sqrt()
         mean_map = A[n].reshape(A.shape[1], -1).mean(0)
-        if (projection * (mean_map - mean_map.mean())).sum() < 0:
+        mean_map = mean_map - mean_map.mean()
+        correlation = float((projection * mean_map).sum())
+        typical_channel = float(M.norm()) / M.shape[1] ** 0.5
+        if float(mean_map.norm()) > 1e-6 * typical_channel and abs(correlation) > 1e-6 * float(
+            projection.norm() * mean_map.norm()
+        ):
+            flip = correlation < 0
+        else:  # no correlation (a LayerNorm's output): the largest loading positive
+            loadings = M.T @ projection
+            flip = float(loadings[loadings.abs().argmax()]) < 0
+        if flip:
             projection = -projection
         maps.append(projection.reshape(1, *A.shape[2:]))
     return torch.stack(maps)

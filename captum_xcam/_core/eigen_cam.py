@@ -8,8 +8,6 @@ from torch import Tensor
 
 from captum_xcam._core.cam_attribution import CamAttribution
 from captum_xcam._core.registry import GRADIENT_FREE, register_method
-from captum_xcam._utils.layer_tail import layer_activations
-from captum_xcam._utils.model_state import without_data_parallel
 
 
 @register_method(
@@ -37,8 +35,11 @@ class LayerEigenCam(CamAttribution):
     them, and so do we by default (``center=False`` gives the paper's
     uncentred projection, whose first component is then close to the mean
     activation). A singular vector's sign is arbitrary, so it is fixed: the
-    map correlates non-negatively with the channels' mean activation map (and
-    where that correlation is 0, the largest loading is positive).
+    map correlates positively with the channels' mean activation map, and
+    where that map or the correlation is 0 up to rounding (relative to the
+    norms, below the square root of the dtype's epsilon: a LayerNorm's
+    output, whose mean over the channels is zero at every position) the
+    largest loading is positive.
 
     EigenCAM is target-free: the map is the same for every class, and a
     ``target`` is ignored with a warning. It needs one forward pass and no
@@ -89,13 +90,7 @@ class LayerEigenCam(CamAttribution):
         attribute_to_layer_input: bool,
         center: bool = True,
     ) -> Tuple[Tensor, Tensor]:
-        activations, _ = layer_activations(
-            without_data_parallel(self.forward_func),
-            self.layer,
-            inputs,
-            additional_forward_args,
-            attribute_to_layer_input,
-        )
+        activations = self._layer_grid(inputs, additional_forward_args, attribute_to_layer_input)
         if center:
             activations = activations - activations.flatten(2).mean(2).reshape(
                 activations.shape[:2] + (1,) * (activations.dim() - 2)
@@ -112,7 +107,16 @@ def first_component(activations: Tensor) -> Tensor:
     v = vh[:, 0, :]
     projection = (positions @ v.unsqueeze(2)).squeeze(2)  # (N, P)
     mean_map = positions.mean(2)
-    correlation = (projection * (mean_map - mean_map.mean(1, keepdim=True))).sum(1)
+    mean_map = mean_map - mean_map.mean(1, keepdim=True)
+    correlation = (projection * mean_map).sum(1)
+    # A mean map or a correlation at rounding level counts as none (a
+    # LayerNorm's output has a mean map of zeros).
+    tolerance = torch.finfo(positions.dtype).eps ** 0.5
+    typical_channel = positions.flatten(1).norm(dim=1) / positions.shape[2] ** 0.5
+    mean_norm = mean_map.norm(dim=1)
+    decided = (mean_norm > tolerance * typical_channel) & (
+        correlation.abs() > tolerance * projection.norm(dim=1) * mean_norm
+    )
     largest = v.gather(1, v.abs().argmax(1, keepdim=True)).squeeze(1)
-    sign = torch.where(correlation != 0, correlation.sign(), largest.sign())
+    sign = torch.where(decided, correlation.sign(), largest.sign())
     return v * torch.where(sign == 0, 1, sign).unsqueeze(1)
