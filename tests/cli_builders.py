@@ -1,5 +1,5 @@
 """Model builders for `captum-xcam explain --model cli_builders:<function>` in
-tests/test_cli.py: a user's own functions, good and bad."""
+tests/test_cli.py and tests/test_cli_transformers.py: a user's own functions, good and bad."""
 from torch import nn
 
 
@@ -32,3 +32,24 @@ def broken():
 
 
 NUMBER = 3
+
+
+class TokenNet(nn.Module):
+    r"""A small transformer of one's own: 8x8 patches as tokens through an
+    ``nn.TransformerEncoder``, averaged for the head. Its tokens' layout is not
+    one the library recognises (not torchvision's or timm's ViT, DeiT, Swin)."""
+
+    def __init__(self, num_classes=10, width=16):
+        super().__init__()
+        self.patches = nn.Conv2d(3, width, 8, stride=8)
+        layer = nn.TransformerEncoderLayer(width, nhead=2, dim_feedforward=32, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        tokens = self.patches(x).flatten(2).transpose(1, 2)  # (N, h*w, width)
+        return self.head(self.encoder(tokens).mean(1))
+
+
+def token_net(num_classes=10):
+    return TokenNet(num_classes)

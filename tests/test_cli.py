@@ -416,9 +416,11 @@ MODEL_BAD_INPUTS = {
     "image too small for the model": (["--model", "timm/inception_v3", "--weights", "none",
                                        "--image-size", "24"],
                                       "fails on an input of shape (1, 3, 24, 24) (RuntimeError"),
-    "timm model without a feature map": (["--model", "timm/test_vit", "--weights", "none"],
-                                         "not a (N, C, h, w) feature map; name a layer with "
-                                         "--layer."),
+    # Vision transformers get a layer (tests/test_cli_transformers.py); MambaOut none.
+    "timm model without a feature map": (["--model", "timm/test_mambaout", "--weights", "none"],
+                                         "its features are channels-last (1, 1, 1, 64), and "
+                                         "CAMs need a (N, C, h, w) layer output; name a layer "
+                                         "with --layer."),
 }
 
 

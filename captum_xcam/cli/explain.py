@@ -7,9 +7,11 @@ layer, target), and the results are written all at once at the end."""
 import argparse
 import difflib
 import sys
-from dataclasses import dataclass
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Set
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +25,7 @@ from captum_xcam.cli.output import staged_output, unique_stems, write_csv, write
 from captum_xcam.data import find_images, read_image
 from captum_xcam.models import Preprocessing
 from captum_xcam.models.torchvision_models import _first_line
+from captum_xcam.reshape_transforms import ReshapeTransform, reshape_transform_for
 from captum_xcam.visualization import visualize_attributions
 
 
@@ -50,8 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-classes", type=int,
                         help="outputs of the model (default: the weights', else 1000)")
     parser.add_argument("--layer", help="dotted name of the CAM layer (default: the "
-                                        "architecture's last block, e.g. layer4; required "
-                                        "for a builder's model unless it is a timm model)")
+                                        "architecture's last block, e.g. layer4; for a "
+                                        "ViT the last block's first LayerNorm, for a Swin "
+                                        "its last stage; required for a builder's model "
+                                        "unless it is a timm model)")
     parser.add_argument("--methods", default=",".join(list_methods()),
                         help=f"comma-separated, from {','.join(list_methods())} (default: all)")
     parser.add_argument("--target", default="auto",
@@ -68,7 +73,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 @dataclass
 class Job:
-    r"""Everything a run needs, checked."""
+    r"""Everything a run needs, checked. ``reshape_transform`` is the one the
+    CAMs pick for the layer themselves (a vision transformer's tokens or
+    channels-last maps to (N, C, h, w)), None for a (N, C, h, w) layer;
+    ``warned`` the library's warnings already shown."""
 
     files: List[Path]
     crops: List[Tensor]
@@ -81,6 +89,8 @@ class Job:
     methods: List[MethodInfo]
     device: torch.device
     weights: Optional[str]
+    reshape_transform: Optional[ReshapeTransform] = None
+    warned: Set[str] = field(default_factory=set)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -124,7 +134,8 @@ def prepare(args: argparse.Namespace) -> Job:
     try:
         layer_name = layer_name or source.find_layer(model, first)
         layer = _layer(model, layer_name, args.model)
-        num_outputs = _check_shapes(model, layer, layer_name, first, args.model)
+        transform = reshape_transform_for(model, layer)
+        num_outputs = _check_shapes(model, layer, layer_name, first, args.model, transform)
     except (RuntimeError, AssertionError) as error:  # the model's own checks of its input
         raise CliError(f"{args.model} fails on an input of shape {tuple(first.shape)} "
                        f"({type(error).__name__}: {_first_line(error)}); another "
@@ -132,7 +143,7 @@ def prepare(args: argparse.Namespace) -> Job:
     categories = source.categories(num_outputs)
     target = resolve_target(args.target, categories, num_outputs)
     return Job(files, crops, model, layer, layer_name, preprocessing, categories, target,
-               methods, device, source.weights_label)
+               methods, device, source.weights_label, transform)
 
 
 def explain_image(job: Job, path: Path, crop: Tensor, figure_path: Path,
@@ -147,17 +158,20 @@ def explain_image(job: Job, path: Path, crop: Tensor, figure_path: Path,
     guided: Dict[str, Tensor] = {}
     seconds: Dict[str, float] = {}
     for method in job.methods:
-        maps[method.name], seconds[method.name] = attribute(
-            method, job.model, job.layer, inputs, target, show_progress=not args.quiet)
+        with _library_warnings(job, f"{method.name} at {job.layer_name}"):
+            maps[method.name], seconds[method.name] = attribute(
+                method, job.model, job.layer, inputs, target, show_progress=not args.quiet)
         if args.guided:
             name = f"Guided {method.name}"
-            guided[name], seconds[name] = attribute(
-                method, job.model, job.layer, inputs, target, guided=True,
-                show_progress=not args.quiet)
-    figure = visualize_attributions(
-        crop.unsqueeze(0), maps, targets=[target], scores=[probabilities[target]],
-        class_names=job.categories, guided=guided, image_titles=[path.name],
-    )
+            with _library_warnings(job, f"{name} at {job.layer_name}"):
+                guided[name], seconds[name] = attribute(
+                    method, job.model, job.layer, inputs, target, guided=True,
+                    show_progress=not args.quiet)
+    with _library_warnings(job, f"the figure of {path.name}"):
+        figure = visualize_attributions(
+            crop.unsqueeze(0), maps, targets=[target], scores=[probabilities[target]],
+            class_names=job.categories, guided=guided, image_titles=[path.name],
+        )
     figure.savefig(figure_path, dpi=100)
     return [{
         "image": str(path),
@@ -170,6 +184,25 @@ def explain_image(job: Job, path: Path, crop: Tensor, figure_path: Path,
         "predicted_name": _name(job.categories, predicted),
         "seconds": round(elapsed, 4),
     } for name, elapsed in seconds.items()]
+
+
+@contextmanager
+def _library_warnings(job: Job, context: str) -> Iterator[None]:
+    r"""The user warnings of one method or figure (every weight zero, say: a
+    ViT's last block, or a head of zeros) on stderr as the command's own lines,
+    ``context`` first, each once per run, instead of Python's lines that point
+    into the package; other warnings pass on as they are."""
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for warning in caught:
+        if not issubclass(warning.category, UserWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+            continue
+        message = f"{context}: {warning.message}"
+        if message not in job.warned:
+            job.warned.add(message)
+            tqdm.write(f"captum-xcam: warning: {message}", file=sys.stderr)
 
 
 def resolve_target(text: str, categories: Optional[Sequence[str]],
@@ -224,9 +257,11 @@ def _layer(model: nn.Module, name: str, model_name: str) -> nn.Module:
 
 
 def _check_shapes(model: nn.Module, layer: nn.Module, layer_name: str, inputs: Tensor,
-                  model_name: str) -> int:
+                  model_name: str, transform: Optional[ReshapeTransform]) -> int:
     r"""The number of outputs, after checking that the layer gives one
-    (N, C, h, w) feature map and the model (N, classes) scores."""
+    (N, C, h, w) feature map, through ``transform`` where the CAMs use one (a
+    vision transformer's tokens laid out on their patch grid), and the model
+    (N, classes) scores."""
     seen: List[object] = []
     handle = layer.register_forward_hook(lambda module, args, output: seen.append(output))
     try:
@@ -234,12 +269,24 @@ def _check_shapes(model: nn.Module, layer: nn.Module, layer_name: str, inputs: T
             output = model(inputs)
     finally:
         handle.remove()
-    if len(seen) != 1 or not isinstance(seen[0], Tensor) or seen[0].dim() != 4:
+    grid = seen[0] if len(seen) == 1 else None
+    if isinstance(grid, Tensor) and transform is not None:
+        try:
+            grid = transform(grid)
+        except ValueError as error:
+            raise CliError(f"The layer {layer_name!r} of {model_name} outputs "
+                           f"{_describe(seen[0])}, which its reshape transform {transform!r} "
+                           f"cannot lay out as a (N, C, h, w) map: {_first_line(error)}") from None
+    if not isinstance(grid, Tensor) or grid.dim() != 4:
         what = (f"is called {len(seen)} times" if len(seen) != 1 else
                 f"outputs {_describe(seen[0])}")
+        tokens = transform is None and isinstance(grid, Tensor) and grid.dim() == 3
+        hint = ("; a transformer's tokens are laid out on their patch grid only for "
+                "torchvision's and timm's ViT, DeiT and Swin (in Python, pass "
+                "reshape_transform=captum_xcam.TokenGrid(...) to the CAM)") if tokens else ""
         raise CliError(f"The layer {layer_name!r} of {model_name} {what}; CAMs need a layer "
                        "called once with a (N, C, h, w) feature map, such as the last "
-                       "convolutional block.")
+                       f"convolutional block{hint}.")
     if not isinstance(output, Tensor) or output.dim() != 2:
         raise CliError(f"{model_name} outputs {_describe(output)}, not (N, classes) scores.")
     return output.shape[1]
@@ -261,6 +308,7 @@ def config(args: argparse.Namespace, job: Job) -> Dict[str, object]:
         "weights": job.weights,
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
         "layer": job.layer_name,
+        "reshape_transform": repr(job.reshape_transform) if job.reshape_transform else None,
         "methods": [method.key for method in job.methods],
         "guided": args.guided,
         "target": args.target,

@@ -97,7 +97,8 @@ class TorchvisionSource(ModelSource):
             None if weights_name.lower() == "none" else get_weights(name, weights_name))
         self.weights_label = str(self.weights) if self.weights is not None else None
         self.random_weights = self.weights is None and checkpoint is None
-        # By family, checked now: a vision transformer fails before any work.
+        # By family, found now (a ViT's or Swin's from the architecture built on the
+        # meta device: the name depends on its depth), before any work.
         self._layer = layer or default_cam_layer(name)
 
     def known_layer(self) -> Optional[str]:

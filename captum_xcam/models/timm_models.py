@@ -11,7 +11,10 @@ The CAM layer is derived per model, not looked up in a table of families:
 timm's classifiers split into ``forward_features`` (everything up to the last
 feature map) and ``forward_head`` (pooling and classifier), so the layer to
 explain is the module that outputs what ``forward_features`` returns.
-:func:`timm_cam_layer` finds it by running the model once.
+:func:`timm_cam_layer` finds it by running the model once. Vision transformers,
+whose features are tokens or channels-last maps, get the layer their CAMs lay out
+on the patch grid instead (ViT, DeiT: the last block's ``norm1``; Swin: the last
+stage), where :func:`captum_xcam.reshape_transform_for` knows the layout.
 """
 import difflib
 import importlib
@@ -30,6 +33,7 @@ from captum_xcam.models.torchvision_models import (
     _load_into,
     load_state_dict_file,
 )
+from captum_xcam.reshape_transforms import reshape_transform_for
 
 TIMM_PREFIX = "timm/"
 IMAGENET_CLASSES = 1000
@@ -261,6 +265,16 @@ def timm_cam_layer(model: nn.Module, inputs: Optional[Tensor] = None) -> str:
     (``layer4`` for ResNets, ``bn2`` for EfficientNets, after their last 1x1
     convolution, ``stages`` for ConvNeXts, ``features`` for VGGs, ...).
 
+    Vision transformers return tokens (ViT, DeiT) or channels-last maps
+    (Swin) instead; for those whose layout
+    :func:`captum_xcam.reshape_transform_for` knows (timm's
+    ``VisionTransformer`` and its subclasses such as DeiT distilled,
+    ``SwinTransformer``, ``SwinTransformerV2``) the layer is the one their CAMs
+    lay out on the patch grid: ``blocks.<last>.norm1``, the last block's first
+    LayerNorm, for ViT and DeiT (after the last block's attention only the
+    class token feeds the head, so the patch tokens of the block's output
+    get no gradient), and ``layers.<last>``, the last stage, for Swin.
+
     It runs ``model.forward_features(inputs)`` once without gradients, with a
     forward hook on every module, and picks the last module to finish whose
     output is the returned tensor itself, not modified in place afterwards,
@@ -278,8 +292,9 @@ def timm_cam_layer(model: nn.Module, inputs: Optional[Tensor] = None) -> str:
 
     Raises:
         ValueError: when ``forward_features`` does not return a (N, C, h, w)
-                    map (vision transformers' tokens; channels-last maps,
-                    whose last dimension is ``model.num_features``) or
+                    map (tokens; channels-last maps, whose last dimension is
+                    ``model.num_features``) of a model that is not a
+                    recognised vision transformer (MambaOut, EVA, ...), or
                     no module outputs it (a function computes it after the
                     last module); name a layer then.
     """
@@ -312,13 +327,18 @@ def timm_cam_layer(model: nn.Module, inputs: Optional[Tensor] = None) -> str:
         for module, training in modes:
             module.training = training
     what = type(model).__name__
+    channels = getattr(model, "num_features", None)
+    feature_map = isinstance(features, Tensor) and features.dim() == 4 and not (
+        channels and features.shape[1] != channels and features.shape[-1] == channels)
+    transformer = None if feature_map else _transformer_layer(model)
+    if transformer is not None:
+        return transformer
     if not isinstance(features, Tensor) or features.dim() != 4:
         shape = (f"a tensor of shape {tuple(features.shape)}" if isinstance(features, Tensor)
                  else f"a {type(features).__name__}")
         raise ValueError(f"No default CAM layer for {what}: its forward_features returns "
                          f"{shape}, not a (N, C, h, w) feature map; name a layer.")
-    channels = getattr(model, "num_features", None)
-    if channels and features.shape[1] != channels and features.shape[-1] == channels:
+    if not feature_map:
         raise ValueError(f"No default CAM layer for {what}: its features are channels-last "
                          f"{tuple(features.shape)}, and CAMs need a (N, C, h, w) layer "
                          "output; name a layer.")
@@ -328,6 +348,21 @@ def timm_cam_layer(model: nn.Module, inputs: Optional[Tensor] = None) -> str:
     raise ValueError(f"No default CAM layer for {what}: no module outputs the feature map "
                      "forward_features returns (a function computes it after the last "
                      "module); name a layer.")
+
+
+def _transformer_layer(model: nn.Module) -> Optional[str]:
+    r"""ViT and DeiT: ``blocks.<last>.norm1``; Swin: ``layers.<last>``; only
+    where :func:`captum_xcam.reshape_transform_for` knows the layer's layout,
+    else None."""
+    blocks, stages = getattr(model, "blocks", None), getattr(model, "layers", None)
+    if (isinstance(blocks, nn.Sequential) and len(blocks)
+            and isinstance(getattr(blocks[-1], "norm1", None), nn.Module)):
+        name = f"blocks.{len(blocks) - 1}.norm1"
+    elif isinstance(stages, nn.Sequential) and len(stages):
+        name = f"layers.{len(stages) - 1}"
+    else:
+        return None
+    return name if reshape_transform_for(model, model.get_submodule(name)) is not None else None
 
 
 def _example_input(model: nn.Module) -> Tensor:

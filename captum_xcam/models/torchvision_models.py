@@ -21,7 +21,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 # Architecture family (name prefixes) -> the module whose output CAMs explain: the
-# last block with a (N, C, h, w) output before global pooling.
+# last block with a (N, C, h, w) output before global pooling, or, for the vision
+# transformers, the layer whose tokens the CAMs lay out on their patch grid (the reshape
+# transform of captum_xcam.reshape_transform_for). "{last}" is the last child of the
+# module before it: its name depends on the variant's depth.
 DEFAULT_CAM_LAYERS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
     (("resnet", "resnext", "wide_resnet"), "layer4"),
     (("regnet",), "trunk_output"),
@@ -31,7 +34,10 @@ DEFAULT_CAM_LAYERS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
     (("shufflenet",), "conv5"),
     (("googlenet",), "inception5b"),
     (("inception",), "Mixed_7c"),
-    (("swin",), "permute"),  # features are (N, h, w, C); permute makes them (N, C, h, w)
+    # The last encoder layer's first LayerNorm: after that layer's attention only the
+    # class token feeds the head, so the patch tokens of its output get no gradient.
+    (("vit_",), "encoder.layers.{last}.ln_1"),
+    (("swin",), "features.{last}"),  # the last stage, (N, h, w, C)
     (("maxvit",), "blocks.3"),
 )
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,23 +87,51 @@ def check_model_name(name: str) -> None:
         raise ValueError(f"Unknown torchvision classification model {name!r}{hint}")
 
 
-def default_cam_layer(model_name: str) -> str:
+def default_cam_layer(model_name: str, model: Optional[nn.Module] = None) -> str:
     r"""
     The dotted name of the usual CAM layer of a torchvision architecture:
     ``layer4`` for ResNets, ``trunk_output`` for RegNets, ``features`` for
-    VGG, DenseNet, MobileNet, EfficientNet, ConvNeXt and the like.
+    VGG, DenseNet, MobileNet, EfficientNet, ConvNeXt and the like; for the
+    vision transformers, whose CAMs lay the layer's tokens out on their patch
+    grid (:func:`captum_xcam.reshape_transform_for`), the last encoder layer's
+    first LayerNorm for ViTs (``encoder.layers.encoder_layer_11.ln_1`` for
+    ``vit_b_16``, ``encoder_layer_23`` for ``vit_l_16``: the last layer's
+    output is no use, as only its class token feeds the head) and the last
+    stage for Swins (``features.7``, channels-last).
+
+    Args:
+        model_name (str): A name of :func:`classification_models`.
+        model (nn.Module, optional): The model, for the families whose layer
+                    name depends on the variant's depth (ViT, Swin). Default:
+                    None (the architecture built on PyTorch's meta device:
+                    shapes only, no memory, no weights)
 
     Raises:
-        ValueError: for architectures without a (N, C, h, w) layer to explain
-                    by default (vision transformers).
+        ValueError: for architectures without a default layer (none of
+                    torchvision's classification models so far).
     """
     for prefixes, layer in DEFAULT_CAM_LAYERS:
         if model_name.startswith(prefixes):
-            return layer
+            return _resolve_last(layer, model_name, model)
     raise ValueError(
         f"No default CAM layer for {model_name}: CAMs need a layer with a (N, C, h, w) "
         "output, usually the last convolutional block; name one."
     )
+
+
+def _resolve_last(layer: str, model_name: str, model: Optional[nn.Module]) -> str:
+    r"""``layer`` with ``{last}`` replaced by the name of the last child of
+    the module before it."""
+    if "{last}" not in layer:
+        return layer
+    if model is None:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(model_name)
+    container, _, rest = layer.partition(".{last}")
+    children = [name for name, _ in model.get_submodule(container).named_children()]
+    if not children:
+        raise ValueError(f"No default CAM layer for {model_name}: its {container} is empty.")
+    return f"{container}.{children[-1]}{rest}"
 
 
 def get_weights(model_name: str, weights: str) -> WeightsEnum:
