@@ -10,7 +10,7 @@ cost and whether the model was left as found.
         --out /tmp/z2; wait; python benchmarks/zoo.py --merge /tmp/z1 /tmp/z2
 
 Cases: every torchvision classification model at ``default_cam_layer(name)``
-(the vision transformers, which have none, get a row saying why), the inner
+(the vision transformers get a row saying where they are checked), the inner
 blocks of ResNets, timm CNNs of many families at their default CAM layer, and
 the hand-written models of ``benchmarks/zoo_models.py``, one per idiom of
 third-party code. Random weights with lively BatchNorm statistics (nothing is
@@ -91,7 +91,7 @@ from benchmarks.common import (  # noqa: E402
     recorded_warnings,
 )
 from benchmarks.zoo_models import HAND_WRITTEN, NUM_CLASSES  # noqa: E402
-from captum_xcam import method_info  # noqa: E402
+from captum_xcam import method_info, reshape_transform_for  # noqa: E402
 from captum_xcam._utils.layer_tail import layer_tail  # noqa: E402
 from captum_xcam.models import classification_models, default_cam_layer  # noqa: E402
 
@@ -667,6 +667,11 @@ def check_case(case: Case) -> ZooRow:
     start = time.perf_counter()
     try:
         model, forward, row.layer = build(case)
+        if reshape_transform_for(model, model.get_submodule(row.layer)) is not None:
+            raise NoCamLayer(
+                "a vision transformer: its layer is reshaped to a grid, which this zoo's "
+                "references do not do; tests/test_transformers.py checks every method on "
+                "ViT, DeiT and Swin against references of their own")
         _check(case, model, forward, model.get_submodule(row.layer), row)
     except NoCamLayer as error:
         row.status, row.note = "no layer", str(error)

@@ -13,6 +13,7 @@ from captum_xcam._core.cam_attribution import (
 )
 from captum_xcam._core.guided_layer_cam import GuidedLayerCam
 from captum_xcam._core.lift_cam import LiftCompletenessWarning
+from captum_xcam._core.multi_layer_cam import MultiLayerCam
 from captum_xcam._core.registry import (
     MethodInfo,
     get_method,
@@ -50,6 +51,7 @@ __all__ = [
     "GuidedLayerCam",
     "LiftCompletenessWarning",
     "MethodInfo",
+    "MultiLayerCam",
     "WholeModelReplayWarning",
     "__version__",
     "get_method",
