@@ -10,6 +10,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from captum_xcam import reshape_transform_for
 from captum_xcam.data import find_images, read_image
 from captum_xcam.models import (
     Preprocessing,
@@ -25,7 +26,7 @@ from captum_xcam.models import (
 FAMILIES = ["resnet18", "resnext50_32x4d", "wide_resnet50_2", "regnet_x_400mf", "alexnet",
             "vgg11", "squeezenet1_1", "densenet121", "mobilenet_v3_small", "efficientnet_b0",
             "convnext_tiny", "mnasnet0_5", "shufflenet_v2_x0_5", "googlenet", "inception_v3",
-            "swin_t", "maxvit_t"]
+            "swin_t", "maxvit_t", "vit_b_16"]
 
 
 def build(name):
@@ -47,22 +48,18 @@ def test_default_layer_gives_one_feature_map_before_the_classifier(name):
     layer.register_forward_hook(lambda module, args, output: seen.append(output))
     with torch.no_grad():
         output = model(torch.empty(2, 3, side, side, device=device))
-    assert len(seen) == 1 and seen[0].dim() == 4, name
-    assert seen[0].shape[0] == 2 and seen[0].shape[2] == seen[0].shape[3] > 1
+    assert len(seen) == 1, name
+    transform = reshape_transform_for(model, layer)  # Swin's (N, h, w, C); ViT's tokens
+    grid = seen[0] if transform is None else transform(seen[0])
+    assert grid.dim() == 4 and grid.shape[0] == 2 and grid.shape[2] == grid.shape[3] > 1, name
     assert output.shape == (2, 1000)
 
 
-def test_every_classification_model_has_a_default_layer_but_vision_transformers():
+def test_every_classification_model_has_a_default_layer():
     names = classification_models()
     assert "resnet50" in names and "fasterrcnn_resnet50_fpn" not in names
-    without = []
     for name in names:
-        try:
-            default_cam_layer(name)
-        except ValueError as error:
-            assert "(N, C, h, w)" in str(error)
-            without.append(name)
-    assert without and all(name.startswith("vit_") for name in without)
+        assert default_cam_layer(name)
 
 
 def test_unknown_names():
