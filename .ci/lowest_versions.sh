@@ -24,4 +24,5 @@ torch.__version__, torchvision.__version__, captum.__version__, timm.__version__
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider -o addopts="" \
   tests/test_registry.py tests/test_captum_compat.py tests/test_errors.py \
   tests/test_visualization.py tests/test_timm_models.py tests/test_metrics_confidence_deletion.py \
-  tests/test_lift_cam_any_layer.py tests/test_fast_paths.py tests/test_cli.py
+  tests/test_lift_cam_any_layer.py tests/test_fast_paths.py tests/test_cli.py \
+  tests/test_transformers.py tests/test_cli_transformers.py
