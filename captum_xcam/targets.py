@@ -251,6 +251,11 @@ class DetectionTarget(Module):
     perturbation methods follow the same object through their masked or
     ablated replays. Gradients reach the layer through the scores, which
     torchvision computes as a softmax or sigmoid of the class logits.
+    torch.fx cannot trace a detector, so Ablation-CAM and LIFT-CAM re-run the
+    whole detector for every replay (with a ``WholeModelReplayWarning``):
+    prefer a layer with few channels for them. LIFT-CAM is refused on
+    RetinaNet, whose head is shared across the FPN levels (Captum's DeepLift
+    cannot take a module called more than once).
 
     The detector resizes each image (``min_size``, ``max_size``; SSD to its
     fixed size) and pads the batch to a multiple of its ``size_divisible``
