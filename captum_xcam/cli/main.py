@@ -34,7 +34,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
     # captum < 0.8 reads torch.has_cuda, has_cudnn, has_mps, ..., which torch >= 2.1 says
     # are deprecated.
-    warnings.filterwarnings("ignore", message=r"'has_\w+' is deprecated, please use 'torch\.backends")
+    warnings.filterwarnings("ignore", message=r"'has_\w+' is deprecated, please use 'torch\.")
     try:
         args.run(args)
     except CliError as error:
