@@ -20,8 +20,6 @@ class LayerGrid:
     Attributes:
         transform (callable or None): The reshape transform, None for a layer
                     whose tensor is already ``(N, C, *spatial)``.
-        given (bool): Whether the user gave the transform (else it is the
-                    built-in one of a recognised transformer, or None).
     """
 
     def __init__(
@@ -33,7 +31,6 @@ class LayerGrid:
             )
         self.layer = layer
         self.model = model
-        self.given = transform is not None
         self.transform = transform if transform is not None else reshape_transform_for(model, layer)
 
     def __call__(self, tensor: Tensor) -> Tensor:
@@ -57,42 +54,42 @@ class LayerGrid:
         as pytorch-grad-cam does for any transform)."""
         return gradient if self.transform is None else self.transform(gradient)
 
-    def placed(self, layer_tensor: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    def placed(self, layer_tensor: Tensor, grid: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         r"""
-        A function ``place(grid, rows)`` that gives the layer tensor of the
-        explained examples ``rows`` with ``grid`` (M, C, *spatial) in place
-        of their grid, everything the transform drops (prefix tokens) as in
-        ``layer_tensor`` (N, ...); differentiable in ``grid``.
+        For a grid with a transform, and ``grid`` the grid of ``layer_tensor``
+        (N, ...): a function ``place(values, rows)`` that gives the layer
+        tensor of the explained examples ``rows`` with ``values``
+        (M, C, *spatial) in place of their grid, everything the transform
+        drops (prefix tokens) as in ``layer_tensor``; differentiable in
+        ``values``.
 
         Raises:
             ValueError: when the transform computes new values rather than
                         rearranging the layer's elements, so that a grid
                         cannot be put back.
         """
-        if self.transform is None:
-            return lambda grid, rows: grid
-        index = self._element_index(layer_tensor)
+        index = self._element_index(layer_tensor, grid)
 
-        def place(grid: Tensor, rows: Tensor) -> Tensor:
+        def place(values: Tensor, rows: Tensor) -> Tensor:
             originals = layer_tensor[rows.to(layer_tensor.device)].flatten(1)
-            values = grid.reshape(len(grid), -1).to(originals.dtype)
-            placed = originals.index_copy(1, index, values)
-            return placed.reshape(len(grid), *layer_tensor.shape[1:])
+            flat = values.reshape(len(values), -1).to(originals.dtype)
+            placed = originals.index_copy(1, index, flat)
+            return placed.reshape(len(values), *layer_tensor.shape[1:])
 
         return place
 
-    def _element_index(self, layer_tensor: Tensor) -> Tensor:
+    def _element_index(self, layer_tensor: Tensor, grid: Tensor) -> Tensor:
         r"""For each grid element, the flat index of the layer element it is."""
         assert self.transform is not None
         count = layer_tensor[:1].numel()
         positions = torch.arange(count, dtype=torch.float64, device=layer_tensor.device)
-        grid = self.transform(positions.reshape(layer_tensor[:1].shape))
-        index = grid.reshape(-1).round().long()
+        position_grid = self.transform(positions.reshape(layer_tensor[:1].shape)).reshape(-1)
+        index = position_grid.round().long()
         rearranges = (
-            bool((grid.reshape(-1) == index).all())
+            bool((position_grid == index).all())
             and bool(((index >= 0) & (index < count)).all())
             and len(torch.unique(index)) == len(index)
-            and torch.equal(layer_tensor.flatten(1)[:, index], self(layer_tensor).flatten(1))
+            and torch.equal(layer_tensor.flatten(1)[:, index], grid.flatten(1))
         )
         if not rearranges:
             raise ValueError(

@@ -70,11 +70,9 @@ class LayerTail:
     def _on_grid(self, layer_tensor: Tensor, grid: Optional[LayerGrid]) -> None:
         r"""Sets ``activations`` to the grid of ``layer_tensor`` and, where the
         grid is reshaped, the placement of a grid back into the layer."""
-        if grid is None or grid.transform is None:
-            self.activations = layer_tensor if grid is None else grid(layer_tensor)
-            return
-        self.activations = grid(layer_tensor)
-        self._place = grid.placed(layer_tensor)
+        self.activations = layer_tensor if grid is None else grid(layer_tensor)
+        if grid is not None and grid.transform is not None:
+            self._place = grid.placed(layer_tensor, self.activations)
 
     def scores(self, layer_value: Tensor, rows: Tensor) -> Tensor:
         r"""
