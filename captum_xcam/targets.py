@@ -187,7 +187,20 @@ def _label_weights(labels: Tensor, logits: Tensor) -> Tensor:
     return (labels.unsqueeze(1) == classes).to(logits.dtype)
 
 
-class SegmentationTarget(Module):
+class _OutputOf(Module):
+    r"""A wrapper of ``model`` that reads its output's tensor ``key`` (see
+    :func:`model_output`)."""
+
+    def __init__(self, model: Module, key: Key = None) -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def _output(self, inputs: Tensor) -> Tensor:
+        return model_output(self.model(inputs), self.key)
+
+
+class SegmentationTarget(_OutputOf):
     r"""
     A segmentation model as a classifier of regions: the score of class ``c``
     is the sum of its logits over a pixel mask, as in Captum's segmentation
@@ -221,20 +234,15 @@ class SegmentationTarget(Module):
     at the output's resolution (torchvision's models upsample to the input's).
     """
 
-    def __init__(self, model: Module, key: Key = None) -> None:
-        super().__init__()
-        self.model = model
-        self.key = key
-
     def forward(self, inputs: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         r"""The class sums (N, C) over ``mask`` (see :func:`masked_class_sums`)."""
-        return masked_class_sums(model_output(self.model(inputs), self.key), mask)
+        return masked_class_sums(self._output(inputs), mask)
 
     def predicted_labels(self, inputs: Tensor) -> Tensor:
         r"""The model's predicted class per pixel, (N, H, W) long: the argmax of
         its logits, without autograd, the model's state left as found."""
         with torch.no_grad(), preserved_model_state([self.model]):
-            return model_output(self.model(inputs), self.key).argmax(1)
+            return self._output(inputs).argmax(1)
 
 
 class DetectionTarget(Module):
@@ -369,7 +377,7 @@ def _as_columns(values: Tensor) -> Tensor:
 fx.wrap("_as_columns")
 
 
-class MultiLabelTarget(Module):
+class MultiLabelTarget(_OutputOf):
     r"""
     A multi-label classifier's probabilities: ``forward(inputs)`` is the
     sigmoid of its (N, L) logits, so ``target=l`` explains the probability of
@@ -390,18 +398,13 @@ class MultiLabelTarget(Module):
         >>> attr = cam.attribute(images, target=3)
     """
 
-    def __init__(self, model: Module, key: Key = None) -> None:
-        super().__init__()
-        self.model = model
-        self.key = key
-
     def forward(self, inputs: Tensor) -> Tensor:
         r"""The label probabilities (N, L). (One input, no ``*args``: torch.fx
         can then split the wrapper at a layer.)"""
-        return torch.sigmoid(model_output(self.model(inputs), self.key))
+        return torch.sigmoid(self._output(inputs))
 
 
-class RegressionTarget(Module):
+class RegressionTarget(_OutputOf):
     r"""
     A regression model's values as scores: ``forward(inputs)`` is its (N, V)
     output (an (N,) output becomes (N, 1)), so ``target=v`` explains value
@@ -422,14 +425,9 @@ class RegressionTarget(Module):
         >>> attr = cam.attribute(faces)                       # target=None: one value
     """
 
-    def __init__(self, model: Module, key: Key = None) -> None:
-        super().__init__()
-        self.model = model
-        self.key = key
-
     def forward(self, inputs: Tensor) -> Tensor:
         r"""The values (N, V)."""
-        return _as_columns(model_output(self.model(inputs), self.key))
+        return _as_columns(self._output(inputs))
 
 
 __all__ = [
