@@ -19,7 +19,8 @@ A transform that only rearranges the layer's elements (reshapes,
 permutations, dropped tokens, as both built-in ones do) serves every method:
 Ablation-CAM and LIFT-CAM then change the grid's channels in the layer's own
 layout, leaving the dropped (prefix) tokens as they are. The gradient methods
-apply the transform to the gradient too, as pytorch-grad-cam does.
+apply the transform to the gradient too, as pytorch-grad-cam does: exact for a
+rearrangement, and with a warning that the weights are approximate otherwise.
 """
 import math
 from typing import Callable, Optional, Tuple

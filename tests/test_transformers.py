@@ -325,13 +325,17 @@ def test_a_one_dimensional_convolution_keeps_working():
     torch.testing.assert_close(actual, (G.mean(2, keepdim=True) * A).sum(1, keepdim=True))
 
 
-def test_a_transform_that_computes_values_cannot_be_replayed_but_can_be_read():
+def test_a_transform_that_computes_values_cannot_be_replayed_and_warns_when_read():
     name = "timm/vit_tiny_patch16_224"
     model, layer = model_and_layer(name)
     x = images(name, 1)
     scaled = lambda t: TokenGrid(1)(t) * 2  # noqa: E731 (new values, not a rearrangement)
-    assert LayerGradCam(model, layer, reshape_transform=scaled).attribute(x, target=1).shape == (
-        1, 1, 3, 3)
+    with pytest.warns(UserWarning, match="not the gradient of the target with respect to the grid"):
+        attr = LayerGradCam(model, layer, reshape_transform=scaled).attribute(x, target=1)
+    assert attr.shape == (1, 1, 3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a rearrangement is exact: no warning
+        LayerGradCam(model, layer, reshape_transform=TokenGrid(1)).attribute(x, target=1)
     with pytest.raises(ValueError, match="computes new values"):
         LayerAblationCam(model, layer, reshape_transform=scaled).attribute(x, target=1)
 

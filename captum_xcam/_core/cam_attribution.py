@@ -289,8 +289,8 @@ class GradientCamAttribution(CamAttribution, GradientAttribution):
         activations, gradients = self._activations_and_gradients(
             inputs, target, additional_forward_args, attribute_to_layer_input, grad_kwargs or {}
         )
-        activations, gradients = self._grid(activations), self._grid.gradient(gradients)
-        return activations, self._weights(activations, gradients)
+        grid = self._grid(activations)
+        return grid, self._weights(grid, self._grid.gradient(gradients, activations, grid))
 
     def _activations_and_gradients(
         self,

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from captum_xcam._utils.user_warnings import warn
 from captum_xcam.reshape_transforms import ReshapeTransform, reshape_transform_for
 
 
@@ -48,11 +49,25 @@ class LayerGrid:
             )
         return grid
 
-    def gradient(self, gradient: Tensor) -> Tensor:
-        r"""The gradient with respect to the grid, for a transform that
-        rearranges elements (the transform applied to the layer's gradient,
-        as pytorch-grad-cam does for any transform)."""
-        return gradient if self.transform is None else self.transform(gradient)
+    def gradient(self, gradient: Tensor, layer_tensor: Tensor, grid: Tensor) -> Tensor:
+        r"""The gradient with respect to the grid ``grid`` of ``layer_tensor``:
+        the transform applied to the layer's ``gradient``, as pytorch-grad-cam
+        does for any transform. Exact for a transform that rearranges
+        elements; for one that computes new values it is not the gradient
+        with respect to the grid, and a warning says so."""
+        if self.transform is None:
+            return gradient
+        if self._element_index(layer_tensor, grid) is None:
+            warn(
+                f"The reshape_transform {self.transform!r} computes new values from the "
+                f"{type(self.layer).__name__} tensor instead of rearranging its elements, "
+                "so the transformed gradient (applied as pytorch-grad-cam applies it) is not "
+                "the gradient of the target with respect to the grid: the weights "
+                "approximate. Use a transform that rearranges (captum_xcam.TokenGrid, "
+                "ChannelsLast) for exact weights.",
+                UserWarning,
+            )
+        return self.transform(gradient)
 
     def placed(self, layer_tensor: Tensor, grid: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         r"""
@@ -69,6 +84,15 @@ class LayerGrid:
                         cannot be put back.
         """
         index = self._element_index(layer_tensor, grid)
+        if index is None:
+            raise ValueError(
+                f"The reshape_transform {self.transform!r} computes new values from the "
+                f"{type(self.layer).__name__} tensor instead of rearranging its elements "
+                "(reshaping, permuting, dropping tokens), so that a changed grid cannot be "
+                "put back into the layer: this method changes the grid and replays the model. "
+                "Use a transform that rearranges (captum_xcam.TokenGrid, ChannelsLast), or a "
+                "method that only reads the grid (the gradient methods, Score-CAM, EigenCAM)."
+            )
 
         def place(values: Tensor, rows: Tensor) -> Tensor:
             originals = layer_tensor[rows.to(layer_tensor.device)].flatten(1)
@@ -78,8 +102,10 @@ class LayerGrid:
 
         return place
 
-    def _element_index(self, layer_tensor: Tensor, grid: Tensor) -> Tensor:
-        r"""For each grid element, the flat index of the layer element it is."""
+    def _element_index(self, layer_tensor: Tensor, grid: Tensor) -> Optional[Tensor]:
+        r"""For each grid element, the flat index of the layer element it is;
+        None unless the transform rearranges the elements (integral, in range,
+        unique indices that give ``grid`` from ``layer_tensor``)."""
         assert self.transform is not None
         count = layer_tensor[:1].numel()
         positions = torch.arange(count, dtype=torch.float64, device=layer_tensor.device)
@@ -91,16 +117,7 @@ class LayerGrid:
             and len(torch.unique(index)) == len(index)
             and torch.equal(layer_tensor.flatten(1)[:, index], grid.flatten(1))
         )
-        if not rearranges:
-            raise ValueError(
-                f"The reshape_transform {self.transform!r} computes new values from the "
-                f"{type(self.layer).__name__} tensor instead of rearranging its elements "
-                "(reshaping, permuting, dropping tokens), so that a changed grid cannot be "
-                "put back into the layer: this method changes the grid and replays the model. "
-                "Use a transform that rearranges (captum_xcam.TokenGrid, ChannelsLast), or a "
-                "method that only reads the grid (the gradient methods, Score-CAM, EigenCAM)."
-            )
-        return index
+        return index if rearranges else None
 
 
 _ATTENTION = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
