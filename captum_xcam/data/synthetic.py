@@ -211,14 +211,22 @@ def _ring(size: int, generator: torch.Generator) -> Tensor:
     return (squared >= (radius - 0.9) ** 2) & (squared <= (radius + 0.9) ** 2)
 
 
-def _draw_example(label: int, size: int, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
-    r"""One image (3, size, size) and its object mask (size, size): background,
-    then 3 to 6 distractors, then the object on top of everything."""
+def clutter(size: int, generator: torch.Generator) -> Tensor:
+    r"""The clutter every example is drawn over, (3, size, size) in [0, 1]:
+    :func:`_background`, then 3 to 6 distractors (line segments or rings,
+    even odds) in the objects' colours."""
     image = _background(size, generator)
     for _ in range(int(torch.randint(3, 7, (), generator=generator))):
         draw = _segment if bool(torch.rand((), generator=generator) < 0.5) else _ring
         distractor = draw(size, generator)
         image = torch.where(distractor, _colour(generator)[:, None, None], image)
+    return image
+
+
+def _draw_example(label: int, size: int, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+    r"""One image (3, size, size) and its object mask (size, size): the
+    :func:`clutter`, then the object on top of everything."""
+    image = clutter(size, generator)
     radius = _uniform(generator, size / 8, size / 4.5)
     margin = radius + 1
     cy = _uniform(generator, margin, size - 1 - margin)
