@@ -35,20 +35,35 @@ class Column(NamedTuple):
 COLUMNS: Dict[str, Column] = {
     "pointing": Column("Pointing game (%)", "↑", 100, "{:.1f}"),
     "energy": Column("Energy pointing (%)", "↑", 100, "{:.1f}"),
+    "discrimination": Column("Class discrimination (%)", "↑", 100, "{:.1f}"),
+    "mispointing": Column("Points at other object (%)", "↓", 100, "{:.1f}"),
     "average_drop": Column("Average Drop (%)", "↓", 1, "{:.1f}"),
     "increase": Column("Increase in Conf. (%)", "↑", 100, "{:.1f}"),
     "deletion": Column("Deletion AUC", "↓", 1, "{:.3f}"),
     "insertion": Column("Insertion AUC", "↑", 1, "{:.3f}"),
+    "road_morf": Column("ROAD MoRF", "↓", 1, "{:.3f}"),
+    "road_lerf": Column("ROAD LeRF", "↑", 1, "{:.3f}"),
     "infidelity": Column("Infidelity", "↓", 1, "{:.3g}"),
     "sensitivity_max": Column("Max-sensitivity", "↓", 1, "{:.3f}"),
+    "randomization": Column("Randomisation rank corr.", "↓", 1, "{:.3f}"),
+    "random_logit": Column("Random-logit rank corr.", "↓", 1, "{:.3f}"),
     "conservation": Column("Conservation error", "↓", 1, "{:.3g}"),
     "sensitivity": Column("Sensitivity error", "↓", 1, "{:.3g}"),
     "shap_rho": Column("SHAP rank corr.", "↑", 1, "{:.3f}"),
     "ms_per_image": Column("ms / image", "", 1, "{:.1f}"),
 }
-r"""Metric key to :class:`Column`, in table order. Values are as the metrics
-return them: shares in [0, 1] for the pointing games and the increase in
-confidence (shown in percent), Average Drop already in percent."""
+r"""Metric key to :class:`Column`, in table order: localisation, faithfulness,
+robustness, sanity, axioms, time. Values are as the metrics return them:
+shares in [0, 1] for the pointing games, the class discrimination and the
+mispointing (:mod:`~captum_xcam.metrics.discrimination`, over two-object
+images) and the increase in confidence (shown in percent), Average Drop
+already in percent. ``road_morf`` and ``road_lerf`` are the ``mean`` over the
+percentiles of :func:`~captum_xcam.metrics.road.road`; ``randomization`` is the
+mean over the cascade's stages of the rank correlation of
+:func:`~captum_xcam.metrics.sanity.cascading_randomization`
+(``similarity.mean(1)``: a map that changes only once the layers near the
+input are randomised scores high, which the last stage alone would miss);
+``random_logit`` is :func:`~captum_xcam.metrics.sanity.random_logit`."""
 
 
 def map_metrics(
