@@ -31,7 +31,7 @@ def class_discrimination(
     game [Wang et al., "Score-CAM", CVPR Workshops 2020,
     https://arxiv.org/abs/1910.01279, sec. 5.2] restricted to the two
     objects, in the spirit of Grad-CAM's class discrimination [Selvaraju et
-    al., ICCV 2017, https://arxiv.org/abs/1610.02391, sec. 5.1]:
+    al., ICCV 2017, https://arxiv.org/abs/1610.02391]:
 
     .. math::
         D = \frac{\sum_{p \in \text{own}} L^+_p}

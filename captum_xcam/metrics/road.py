@@ -75,7 +75,7 @@ def noisy_linear_imputation(
     r"""
     The noisy linear imputation of ROAD [Rong et al., "A Consistent and
     Efficient Evaluation Strategy for Attribution Methods", ICML 2022,
-    https://arxiv.org/abs/2202.00449, sec. 4]: every removed pixel ``i``
+    https://arxiv.org/abs/2202.00449]: every removed pixel ``i``
     becomes the weighted mean of its neighbours ``N(i)`` inside the image,
     weight ``w = 1/6`` for the 4 direct and ``1/12`` for the 4 diagonal ones,
 

@@ -194,9 +194,9 @@ def cascading_randomization(
 ) -> RandomizationResult:
     r"""
     The cascading model parameter randomisation test [Adebayo et al., "Sanity
-    Checks for Saliency Maps", NeurIPS 2018, https://arxiv.org/abs/1810.03292,
-    sec. 3.1]: re-initialise the model's layers one after another from the
-    output end towards the input, keeping the earlier ones randomised, and
+    Checks for Saliency Maps", NeurIPS 2018, https://arxiv.org/abs/1810.03292]:
+    re-initialise the model's layers one after another from the output end
+    towards the input, keeping the earlier ones randomised, and
     compare the explanation after each stage with the original one by
     Spearman's rank correlation of the maps at input resolution. A method
     that depends on the model passes when the correlation falls (**lower is
@@ -212,13 +212,14 @@ def cascading_randomization(
     names them instead, each stage a module name or a group of names
     re-initialised together. The ``k``-th module re-initialised (from 0,
     counting across stages: stage ``k`` when stages are single modules) gets
-    :func:`reinitialise` with seed ``seed + k``:
-    the module's own ``reset_parameters()``, its initial distribution, as in
-    the paper. BatchNorm's running statistics are buffers, not learned
-    weights, and are kept (``reset_buffers=False``): the paper randomises
-    weights; resetting the statistics to mean 0 and variance 1 as well changes
-    the activations' scale, which some methods then reflect for that reason
-    alone.
+    :func:`reinitialise` with seed ``seed + k``: the module's own
+    ``reset_parameters()``, PyTorch's initial distribution for it (the paper
+    re-draws the weights from an initialisation distribution; this is the one
+    the model was built with). BatchNorm's running statistics are buffers,
+    not learned weights, and are kept (``reset_buffers=False``): the paper
+    randomises weights, and resetting the statistics to mean 0 and variance 1
+    as well changes the activations' scale, which some methods would then
+    reflect for that reason alone.
 
     Adebayo et al. report the rank correlation of absolute values and of the
     signed maps: ``similarity="spearman_abs"`` or ``"spearman"`` (the same
