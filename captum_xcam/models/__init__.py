@@ -1,6 +1,7 @@
 """Models for tests, benchmarks and tutorials, torchvision models by name, and
 timm models by name (timm is optional: imported only when used)."""
 from captum_xcam.models.small_cnn import SmallCNN, load_pretrained
+from captum_xcam.models.small_vgg import SmallVGG, load_pretrained_vgg
 from captum_xcam.models.timm_models import (
     TimmUnavailableError,
     TimmWeightsUnavailableError,
@@ -27,6 +28,7 @@ from captum_xcam.models.torchvision_models import (
 __all__ = [
     "Preprocessing",
     "SmallCNN",
+    "SmallVGG",
     "TimmUnavailableError",
     "TimmWeightsUnavailableError",
     "WeightsUnavailableError",
@@ -39,6 +41,7 @@ __all__ = [
     "is_timm_model",
     "load_model",
     "load_pretrained",
+    "load_pretrained_vgg",
     "load_state_dict_file",
     "load_timm_model",
     "timm_cam_layer",
