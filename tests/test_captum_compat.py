@@ -52,6 +52,19 @@ def test_a_batch_equals_its_rows_one_by_one(cam_class, resnet):
     torch.testing.assert_close(batch, rows, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("cam_class", CAMS)
+def test_inputs_that_require_grad(cam_class, resnet):
+    # Captum's attributions take inputs that require grad (a caller's leaf
+    # tensor, Quantus's arrays, a guided variant's inputs) and give the
+    # same map as for the detached inputs.
+    model, layer = resnet
+    x = make_images(n=2, size=16)
+    expected = cam_class(model, layer).attribute(x, target=[3, 5])
+    leaf = x.clone().requires_grad_()
+    torch.testing.assert_close(cam_class(model, layer).attribute(leaf, target=[3, 5]), expected)
+    assert leaf.grad is None
+
+
 class TwoInputModel(nn.Module):
     r"""Takes two images and a per-example scale as an additional argument."""
 

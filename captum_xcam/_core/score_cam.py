@@ -211,8 +211,10 @@ def upsampled_masks(maps: Tensor, size: Tuple[int, ...]) -> Tensor:
 def mask_input(x: Tensor, reference: Tensor, masks: Tensor) -> Tensor:
     r"""``X_b + (X - X_b) * H`` for M rows of an input and M masks, in the
     memory format of ``x`` (channels-last inputs make faster convolutions on
-    many devices)."""
-    return torch.addcmul(reference, x - reference, masks, out=torch.empty_like(x))
+    many devices). Detached: the scores of masked inputs need no gradient,
+    and ``out=`` refuses inputs that require one."""
+    x, reference = x.detach(), reference.detach()
+    return torch.addcmul(reference, x - reference, masks.detach(), out=torch.empty_like(x))
 
 
 def format_baselines(baselines: BaselineType, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
