@@ -2,6 +2,7 @@
 the guided wrapper against Captum's GuidedGradCam."""
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -100,3 +101,21 @@ def test_guided_layer_cam_is_guided_backprop_times_upsampled_relu_cam(cam_class)
     )
     torch.testing.assert_close(guided, expected, rtol=1e-9, atol=1e-12)
     assert guided.shape == x.shape
+
+
+def test_guided_layer_cam_says_which_nonlinearities_it_does_not_guide():
+    # Captum's GuidedBackprop changes nn.ReLU only: a ReLU6 (MobileNet,
+    # EfficientNet-Lite) passes the plain gradient, and the guided variant of
+    # a model without nn.ReLU is gradient times CAM. That must not be silent.
+    relu6 = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.Conv2d(4, 4, 3), nn.ReLU6(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    with pytest.warns(UserWarning, match=r"ReLU6 x2.*no nn\.ReLU at all.*plain gradient"):
+        GuidedLayerCam(relu6, relu6[2])
+    mixed = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.SiLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    with pytest.warns(UserWarning, match=r"SiLU x1.*its 1 nn\.ReLU"):
+        GuidedLayerCam(mixed, mixed[2])
+    model, layer = make_tiny()  # ReLUs only: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GuidedLayerCam(model, layer)

@@ -1,17 +1,19 @@
 """Guided CAMs: guided backpropagation times an upsampled CAM."""
 import warnings
+from collections import Counter
 from typing import List, Optional, Tuple, Type, Union
 
 import torch
 from captum._utils.typing import TargetType
 from captum.attr import GradientAttribution, GuidedBackprop, LayerAttribution
 from captum.log import log_usage
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import Module
 
 from captum_xcam._core.xgrad_cam import LayerXGradCam
 from captum_xcam._utils.formatting import as_tuple
 from captum_xcam._utils.model_state import modules_of, preserved_model_state
+from captum_xcam._utils.user_warnings import warn
 from captum_xcam.reshape_transforms import ReshapeTransform
 
 
@@ -27,6 +29,12 @@ class GuidedLayerCam(GradientAttribution):
 
     ``cam`` is any of this library's CAM classes or Captum's
     ``LayerGradCam``; with the latter this equals Captum's ``GuidedGradCam``.
+
+    Guided backpropagation changes the backward pass of ``nn.ReLU`` modules
+    only: other nonlinearities (ReLU6, SiLU, GELU, Hardswish, ...) pass the
+    plain gradient, and on a model with no ``nn.ReLU`` the guided variant is
+    the gradient times the CAM. The constructor warns, naming them (functional
+    calls such as ``F.relu`` cannot be seen and are not guided either).
 
         >>> guided = GuidedLayerCam(model, model.layer4, cam=LayerScoreCam)
         >>> attr = guided.attribute(images, target=3, perturbations_per_eval=64)
@@ -57,6 +65,7 @@ class GuidedLayerCam(GradientAttribution):
         kwargs = {} if reshape_transform is None else {"reshape_transform": reshape_transform}
         self.cam = cam(model, layer, device_ids, **kwargs)
         self.guided_backprop = GuidedBackprop(model)
+        _warn_unguided(model)
 
     @log_usage()
     def attribute(
@@ -107,6 +116,28 @@ class GuidedLayerCam(GradientAttribution):
             _guided_product(g, cam, x, interpolate_mode) for g, x in zip(guided, inputs_tuple)
         )
         return products if isinstance(inputs, tuple) else products[0]
+
+
+#: Nonlinearities that Captum's GuidedBackprop leaves to the plain gradient.
+UNGUIDED = (nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+            nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Tanh, nn.Sigmoid)
+
+
+def _warn_unguided(model: Module) -> None:
+    r"""Warns when ``model`` has nonlinearities that guided backpropagation
+    does not change, saying how many ``nn.ReLU`` modules it does."""
+    found = Counter(type(m).__name__ for m in model.modules() if isinstance(m, UNGUIDED))
+    if not found:
+        return
+    relus = sum(type(m) is nn.ReLU for m in model.modules())
+    names = ", ".join(f"{name} x{count}" for name, count in found.items())
+    warn(
+        f"Guided backpropagation (Captum's GuidedBackprop) changes only nn.ReLU modules; "
+        f"this model also has {names}, whose gradient passes unchanged"
+        + (" and no nn.ReLU at all, so the guided variant is the plain gradient times the "
+           "CAM." if relus == 0 else f" (guided: its {relus} nn.ReLU modules)."),
+        UserWarning,
+    )
 
 
 def _guided_product(guided: Tensor, cam: Tensor, inp: Tensor, mode: str) -> Tensor:
