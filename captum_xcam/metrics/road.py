@@ -18,11 +18,6 @@ from captum_xcam.metrics.deletion_insertion import pixel_ranks
 
 GeneratorType = Union[None, int, torch.Generator]
 
-# The paper's weights of the 8 neighbours: (dy, dx) -> weight.
-NEIGHBOUR_WEIGHTS = {
-    (-1, 0): 1 / 6, (1, 0): 1 / 6, (0, -1): 1 / 6, (0, 1): 1 / 6,
-    (-1, -1): 1 / 12, (-1, 1): 1 / 12, (1, -1): 1 / 12, (1, 1): 1 / 12,
-}
 DEFAULT_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
 
@@ -45,14 +40,13 @@ class RoadCurves(NamedTuple):
 
 def neighbour_sum(values: Tensor) -> Tensor:
     r"""``sum_j w_j values[neighbour j]`` for each pixel of (B, C, H, W)
-    values, with the paper's weights and the neighbours outside the image
-    left out (zero padding)."""
-    height, width = values.shape[-2:]
+    values, with the paper's weights (1/6 direct, 1/12 diagonal) and the
+    neighbours outside the image left out (zero padding). The stencil is
+    ``([1, 2, 1]^T [1, 2, 1] - 4 delta) / 12``: two 3-tap passes."""
     padded = F.pad(values, (1, 1, 1, 1))
-    total = torch.zeros_like(values)
-    for (dy, dx), weight in NEIGHBOUR_WEIGHTS.items():
-        total = total + weight * padded[..., 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-    return total
+    rows = padded[..., :, :-2] + 2 * padded[..., :, 1:-1] + padded[..., :, 2:]
+    both = rows[..., :-2, :] + 2 * rows[..., 1:-1, :] + rows[..., 2:, :]
+    return (both - 4 * values) / 12
 
 
 def _generator_for(generator: GeneratorType, device: torch.device) -> Optional[torch.Generator]:
@@ -94,7 +88,9 @@ def noisy_linear_imputation(
     conjugate gradients preconditioned with ``D`` (Jacobi), batched over
     images and channels with a 3x3 stencil, in float64 on the images' device,
     until ``||W_uk x_k - (D - W_uu) x_u||_2 <= tol ||W_uk x_k||_2`` for every
-    image and channel (a warning when ``max_iter`` iterations do not reach it).
+    image and channel (a warning when ``max_iter`` iterations do not reach it);
+    the paper's code solves the same system with a sparse direct solver on the
+    CPU. The noise is drawn independently for every pixel and channel.
 
     The paper's code imputes images in [0, 1], before normalisation, with
     ``noise=0.01``; for normalised inputs scale ``noise`` by the inverse of
@@ -157,28 +153,40 @@ def _check_imputation(images: Tensor, removed_mask: Tensor, noise: float) -> Ten
 
 def _solve_laplace(data: Tensor, m: Tensor, tol: float, max_iter: int) -> Tensor:
     r"""``data`` (B, C, H, W) with its pixels where ``m`` (B, 1, H, W) is 1
-    replaced by the solution of ``(D - W_uu) x_u = W_uk data_k``."""
-    degree = neighbour_sum(torch.ones_like(m))  # d_i: the weights inside the image
+    replaced by the solution of ``(D - W_uu) x_u = W_uk data_k``: one system
+    per image and channel, each dropped from the iterations once solved
+    (checked every 10 iterations)."""
+    shape = data.shape
+    data = data.reshape(-1, 1, *shape[2:])
+    m = removed = m.expand(shape).reshape(data.shape)
+    degree = neighbour_sum(torch.ones_like(data[:1]))  # d_i: the weights inside the image
 
-    def laplacian(u: Tensor) -> Tensor:
-        return m * (degree * u - neighbour_sum(u))
+    def laplacian(u: Tensor, mask: Tensor) -> Tensor:
+        return mask * (degree * u - neighbour_sum(u))
 
     def dot(a: Tensor, b: Tensor) -> Tensor:
         return (a * b).sum((2, 3), keepdim=True)
 
     b = m * neighbour_sum(data)
-    known = (1 - m).sum((2, 3), keepdim=True)
     limit = tol * dot(b, b).sqrt()
     # Start from the kept pixels' mean; from 0 where b = 0, the exact solution.
-    x = torch.where(limit > 0, data.sum((2, 3), keepdim=True) / known, 0) * m
-    r = b - laplacian(x)
-    z = r / degree
-    p = z
-    rz = dot(r, z)
-    for iteration in range(max_iter):
-        if iteration % 10 == 0 and bool((dot(r, r).sqrt() <= limit).all()):
-            break
-        q = laplacian(p)
+    mean = data.sum((2, 3), keepdim=True) / (1 - m).sum((2, 3), keepdim=True)
+    x = torch.where(limit > 0, mean, 0) * m
+    solution = x.clone()
+    r = b - laplacian(x, m)
+    p = r / degree
+    rz = dot(r, p)
+    active = torch.arange(len(data), device=data.device)
+    for iteration in range(max_iter + 1):
+        if iteration % 10 == 0 or iteration == max_iter:
+            done = (dot(r, r).sqrt() <= limit).flatten()
+            solution[active[done]] = x[done]
+            keep = ~done
+            active, x, r, p, rz, limit, m, b = (
+                t[keep] for t in (active, x, r, p, rz, limit, m, b))
+            if len(active) == 0 or iteration == max_iter:
+                break
+        q = laplacian(p, m)
         pq = dot(p, q)
         alpha = torch.where(pq > 0, rz / torch.where(pq > 0, pq, 1), 0)
         x = x + alpha * p
@@ -188,17 +196,17 @@ def _solve_laplace(data: Tensor, m: Tensor, tol: float, max_iter: int) -> Tensor
         beta = torch.where(rz > 0, rz_next / torch.where(rz > 0, rz, 1), 0)
         p = z + beta * p
         rz = rz_next
-    else:
-        residual = (dot(b - laplacian(x), b - laplacian(x)).sqrt() / dot(b, b).sqrt().clamp(
-            min=torch.finfo(b.dtype).tiny)).max()
-        if bool(residual > tol):
-            warnings.warn(
-                f"noisy_linear_imputation: {max_iter} conjugate gradient iterations "
-                f"reached a relative residual of {float(residual):.2e}, above tol={tol:g}; "
-                "raise max_iter for a closer solution.",
-                stacklevel=3,
-            )
-    return data + x * m
+    if len(active):
+        solution[active] = x
+        residual = b - laplacian(x, m)
+        worst = (dot(residual, residual).sqrt() / dot(b, b).sqrt()).max()
+        warnings.warn(
+            f"noisy_linear_imputation: {max_iter} conjugate gradient iterations "
+            f"reached a relative residual of {float(worst):.2e}, above tol={tol:g}; "
+            "raise max_iter for a closer solution.",
+            stacklevel=3,
+        )
+    return (data + solution * removed).reshape(shape)
 
 
 def road(
