@@ -8,6 +8,7 @@ Integrated Gradients (N, C, H, W), reduced over the colour channels
 (:func:`input_resolution_maps`).
 """
 from captum_xcam.metrics._maps import boxes_to_masks, input_resolution_maps, min_max_normalized
+from captum_xcam.metrics._ranks import spearman
 from captum_xcam.metrics.axioms import (
     AxiomErrors,
     axiom_errors,
@@ -30,7 +31,6 @@ from captum_xcam.metrics.sanity import (
     cascade_order,
     cascading_randomization,
     random_logit,
-    spearman,
 )
 from captum_xcam.metrics.shapley import (
     channel_shapley_values,

@@ -14,6 +14,7 @@ from captum_xcam._utils.chunks import evaluate_in_chunks
 from captum_xcam._utils.formatting import as_forward_args
 from captum_xcam._utils.layer_tail import layer_tail
 from captum_xcam._utils.targets import TargetSelector, rows_of
+from captum_xcam.metrics._ranks import spearman
 
 
 def channel_shapley_values(
@@ -209,14 +210,6 @@ def weights_from_maps(per_channel_maps: Tensor, activations: Tensor) -> Tensor:
     )
 
 
-def average_ranks(x: Tensor) -> Tensor:
-    r"""Ranks (N, K) of each row's values, 0 for the smallest, ties sharing the
-    mean of their ranks."""
-    less = (x.unsqueeze(1) < x.unsqueeze(2)).sum(2)
-    equal = (x.unsqueeze(1) == x.unsqueeze(2)).sum(2)
-    return less.to(torch.float64) + (equal.to(torch.float64) - 1) / 2
-
-
 def rank_correlation(weights: Tensor, reference: Tensor) -> Tensor:
     r"""
     Spearman's rank correlation of each row of ``weights`` (N, K) with the
@@ -232,8 +225,4 @@ def rank_correlation(weights: Tensor, reference: Tensor) -> Tensor:
             f"weights {tuple(weights.shape)} and reference {tuple(reference.shape)} "
             "must both be (N, K)."
         )
-    a = average_ranks(weights.detach().to(reference.device))
-    b = average_ranks(reference.detach())
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    norm = (a.pow(2).sum(1) * b.pow(2).sum(1)).sqrt()
-    return torch.where(norm > 0, (a * b).sum(1) / torch.where(norm > 0, norm, 1), 0)
+    return spearman(weights, reference)
