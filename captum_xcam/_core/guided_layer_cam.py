@@ -131,13 +131,14 @@ def _warn_unguided(model: Module) -> None:
         return
     relus = sum(type(m) is nn.ReLU for m in model.modules())
     names = ", ".join(f"{name} x{count}" for name, count in found.items())
-    warn(
-        f"Guided backpropagation (Captum's GuidedBackprop) changes only nn.ReLU modules; "
-        f"this model also has {names}, whose gradient passes unchanged"
-        + (" and no nn.ReLU at all, so the guided variant is the plain gradient times the "
-           "CAM." if relus == 0 else f" (guided: its {relus} nn.ReLU modules)."),
-        UserWarning,
-    )
+    if relus == 0:
+        found_text = (f"this model has {names}, whose gradient passes unchanged, and no "
+                      "nn.ReLU at all: the guided variant is the plain gradient times the CAM.")
+    else:
+        found_text = (f"this model's {relus} nn.ReLU modules are guided, but its {names} "
+                      "pass the plain gradient.")
+    warn("Guided backpropagation (Captum's GuidedBackprop) changes only nn.ReLU modules; "
+         + found_text, UserWarning)
 
 
 def _guided_product(guided: Tensor, cam: Tensor, inp: Tensor, mode: str) -> Tensor:

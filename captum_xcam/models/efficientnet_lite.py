@@ -30,7 +30,7 @@ Rescale rule and each call of a shared ReLU6 its own copy. Captum's
 treats it as linear (on the coffee photo its input attributions add up to
 0.6, the logit difference to the zero baseline being 11.4). Captum's ``GuidedBackprop`` changes the
 backward pass of ``nn.ReLU`` only, so on this model guided CAMs are the plain
-input gradient times the CAM.
+input gradient times the CAM (``GuidedLayerCam`` warns so).
 """
 import importlib
 from typing import Any, List, Union
