@@ -19,6 +19,8 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from captum_xcam.data import SCALE_NAMES
+
 #: The tables a run can write, in the order faithfulness.md shows them.
 SCENE_MODELS = ("small_cnn", "small_vgg")
 PHOTO_MODEL = "efficientnet_lite0"
@@ -30,8 +32,10 @@ class Task:
     (``masks`` the explained object, ``other_masks`` the other object of a
     two-object scene, ``scales`` the object's size class), the model with its
     CAM layer (and its name, to find it in a randomised copy), and the
-    cascade of the parameter-randomisation check: groups of module names,
-    top of the model first."""
+    cascade of the parameter-randomisation check: ``groups`` of module names,
+    top of the model first. ``road_noise`` is ROAD's imputation noise in the
+    units of the model's input: the paper's 0.01 for images in [0, 1],
+    divided by the normalisation's standard deviation otherwise."""
 
     key: str
     title: str
@@ -41,7 +45,7 @@ class Task:
     layer_name: str
     description: str
     num_classes: int
-    stages: List[List[str]]
+    groups: List[List[str]]
     masks: Optional[Tensor] = None
     boxes: Optional[Tensor] = None
     other_masks: Optional[Tensor] = None
@@ -49,17 +53,23 @@ class Task:
     head: Optional[Callable[[Tensor], Tensor]] = None
     class_names: Tuple[str, ...] = ()
     accuracy: Optional[str] = None
+    road_noise: float = 0.01
 
     @property
     def layer(self) -> nn.Module:
         return self.model.get_submodule(self.layer_name)
 
+    @property
+    def stages(self) -> List[List[str]]:
+        r"""The cascade's stages: the modules of each group that own parameters."""
+        return stages_of(self.model, self.groups)
+
 
 def owners(model: nn.Module, name: str) -> List[str]:
     r"""The modules inside ``model.<name>`` that own parameters directly,
     by full name: what the randomisation re-initialises for that stage."""
-    prefix = f"{name}." if name else ""
-    return [prefix + sub for sub, module in model.get_submodule(name).named_modules()
+    return [".".join(filter(None, (name, sub)))
+            for sub, module in model.get_submodule(name).named_modules()
             if any(True for _ in module.parameters(recurse=False))]
 
 
@@ -85,7 +95,7 @@ def top_first(model: nn.Module) -> List[List[str]]:
 
 
 def scenes_task(args: argparse.Namespace, model_key: str) -> Task:
-    from captum_xcam.data import SCALE_NAMES, make_scenes
+    from captum_xcam.data import make_scenes
     from captum_xcam.models import load_pretrained, load_pretrained_vgg
 
     scenes = make_scenes(args.n_images, seed=args.seed)
@@ -108,7 +118,7 @@ def scenes_task(args: argparse.Namespace, model_key: str) -> Task:
             f"scene; {type(model).__name__}, CAM layer block4 (8x8)"
         ),
         num_classes=len(scenes.class_names),
-        stages=stages_of(model, top_first(model)),
+        groups=top_first(model),
         masks=objects.mask.to(on),
         boxes=objects.box.to(on),
         other_masks=objects.other_mask.to(on),
@@ -122,17 +132,14 @@ def scenes_task(args: argparse.Namespace, model_key: str) -> Task:
 
 def scene_accuracy(model: nn.Module, scenes) -> str:
     r"""How well the model sees the scenes, in words: top-1 on the one-object
-    scenes, and how often the top two classes are the two objects."""
-    with torch.no_grad():
-        logits = torch.cat([model(x) for x in scenes.images.split(64)]).cpu()
-    labels = scenes.labels.cpu()
-    single = labels[:, 1] < 0
-    top1 = (logits[single].argmax(1) == labels[single, 0]).float().mean()
-    top2 = logits[~single].topk(2, dim=1).indices.sort(1).values
-    pair = (top2 == labels[~single].sort(1).values).all(1).float().mean()
-    return (f"top-1 {100 * float(top1):.1f}% on the {int(single.sum())} one-object scenes; "
-            f"the top two classes are the two objects in {100 * float(pair):.1f}% of the "
-            f"{int((~single).sum())} two-object scenes")
+    scenes per scale, and how often the top two classes are the two objects."""
+    from benchmarks.train_small_cnn import scene_accuracies
+
+    accuracies = scene_accuracies(model, scenes)
+    singles = ", ".join(f"{name} {100 * accuracies[name]:.1f}%" for name in SCALE_NAMES)
+    return (f"top-1 on the {int((~scenes.two_objects).sum())} one-object scenes: {singles}; the "
+            f"top two classes are the two objects in {100 * accuracies['two objects']:.1f}% "
+            f"of the {int(scenes.two_objects.sum())} two-object scenes")
 
 
 def photos_task(args: argparse.Namespace) -> Task:
@@ -175,8 +182,8 @@ def photos_task(args: argparse.Namespace) -> Task:
             f"predicted class ({predicted}); no ground truth, so no localisation columns"
         ),
         num_classes=probabilities.shape[1],
-        stages=stages_of(model, [["_fc"], ["_conv_head", "_bn1"], *quarters,
-                                 ["_conv_stem", "_bn0"]]),
+        groups=[["_fc"], ["_conv_head", "_bn1"], *quarters, ["_conv_stem", "_bn0"]],
+        road_noise=0.01 / min(preprocessing.std),
     )
 
 
@@ -220,5 +227,6 @@ def folder_task(args: argparse.Namespace) -> Task:
             "predicted class; no ground truth, so no localisation columns"
         ),
         num_classes=logits.shape[1],
-        stages=stages_of(model, top_first(model)),
+        groups=top_first(model),
+        road_noise=0.01 / min(preprocessing.std),
     )
