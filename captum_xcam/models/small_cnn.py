@@ -1,12 +1,13 @@
 r"""A small CNN for the synthetic data set, with trained weights shipped in
 the package so that tests, tutorials and benchmarks need no training."""
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
 
 WEIGHTS_FILE = Path(__file__).with_name("small_cnn_synthetic.pt")
+_Model = TypeVar("_Model", bound=nn.Module)
 
 
 def _conv_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
@@ -90,7 +91,12 @@ def load_pretrained(
     Returns:
         The trained model, in eval mode.
     """
-    model = SmallCNN()
-    state = torch.load(path or WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    return trained(SmallCNN(), path or WEIGHTS_FILE, device)
+
+
+def trained(model: _Model, path: Union[str, Path],
+            device: Union[None, str, torch.device]) -> _Model:
+    r"""``model`` with the weights of ``path`` (read as tensors only), on
+    ``device``, in eval mode."""
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.to(device).eval()

@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from captum_xcam.models.small_cnn import _conv_block
+from captum_xcam.models.small_cnn import _conv_block, trained
 
 WEIGHTS_FILE = Path(__file__).with_name("small_vgg_scenes.pt")
 INPUT_SIZE = 64  # the flatten fixes the input side
@@ -97,7 +97,4 @@ def load_pretrained_vgg(
     Returns:
         The trained model, in eval mode.
     """
-    model = SmallVGG()
-    state = torch.load(path or WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.to(device).eval()
+    return trained(SmallVGG(), path or WEIGHTS_FILE, device)
