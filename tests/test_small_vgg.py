@@ -1,6 +1,8 @@
 """The SmallVGG, its shipped weights, and what its flatten head changes: the
 gradient at the CAM layer varies over positions, so XGrad-CAM is not Grad-CAM
 there, while on the SmallCNN (global average pooling first) it is."""
+import warnings
+
 import pytest
 import torch
 from captum.attr import LayerGradCam
@@ -132,3 +134,22 @@ def test_gradcam_equals_xgradcam_on_the_small_cnn():
     torch.testing.assert_close(xgrad, grad, rtol=1e-4, atol=1e-6)
     assert (correlation(xgrad, grad) > 1 - 1e-5).all()
     assert activations.shape == (8, 64, 8, 8)
+
+
+def test_the_head_after_the_cam_layer_is_replayed_alone(model):
+    # The input check is a torch.fx leaf: the model traces, so Ablation-CAM
+    # replays only the head (no whole-model replay, no warning), and the
+    # head's replay equals the model's own output.
+    from captum_xcam import LayerAblationCam
+    from captum_xcam._utils.layer_tail import WholeModelReplayWarning
+
+    calls = []
+    handle = model.block1.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", WholeModelReplayWarning)
+            LayerAblationCam(model, model.cam_layer).attribute(
+                make_scenes(2, seed=5).images, target=[0, 1], perturbations_per_eval=16)
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # the part before the layer ran once, for the activations

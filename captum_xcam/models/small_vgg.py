@@ -70,13 +70,24 @@ class SmallVGG(nn.Module):
         return self.classifier(self.flatten(activations))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(
-                f"SmallVGG takes (N, C, {INPUT_SIZE}, {INPUT_SIZE}) inputs (its flatten head "
-                f"fixes the side), got {tuple(x.shape)}; resize the images to "
-                f"{INPUT_SIZE}x{INPUT_SIZE}."
-            )
+        x = checked_input(x)
         return self.head(self.block4(self.block3(self.block2(self.block1(x)))))
+
+
+def checked_input(x: Tensor) -> Tensor:
+    r"""``x``, or a ValueError if it is not (N, C, 64, 64). A leaf of torch.fx
+    traces (``torch.fx.wrap``), so that the model stays traceable and the
+    methods that replay the layer run only the head after it."""
+    if x.dim() != 4 or x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+        raise ValueError(
+            f"SmallVGG takes (N, C, {INPUT_SIZE}, {INPUT_SIZE}) inputs (its flatten head "
+            f"fixes the side), got {tuple(x.shape)}; resize the images to "
+            f"{INPUT_SIZE}x{INPUT_SIZE}."
+        )
+    return x
+
+
+torch.fx.wrap("checked_input")
 
 
 def load_pretrained_vgg(
