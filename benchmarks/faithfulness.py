@@ -318,7 +318,7 @@ def road_values(args: argparse.Namespace, batch: Batch, task: Task,
             seed_for(args, batch.number, 0, 6 + most))
         values[key] = road(task.model, batch.x, attributions, batch.t,
                            percentiles=args.road_percentiles, most_relevant_first=most,
-                           generator=generator,
+                           noise=task.road_noise, generator=generator,
                            perturbations_per_eval=per_example(ROWS_PER_PASS, len(batch.x))).mean
     return values
 
@@ -634,7 +634,8 @@ def settings(args: argparse.Namespace, task: Task) -> str:
         parts.append("ROAD: mean softmax probability over the removal of "
                      f"{', '.join(map(str, args.road_percentiles))}% of the pixels, most "
                      "(MoRF) or least (LeRF) relevant first, imputed by the paper's noisy "
-                     "linear imputation")
+                     f"linear imputation (noise {task.road_noise:.3g} in input units: the "
+                     "paper's 0.01 on the [0, 1] scale)")
     if task.masks is not None:
         parts.append(f"pointing tolerance {args.tolerance:g} px on the object mask; energy "
                      "pointing on the box")
@@ -648,7 +649,7 @@ def settings(args: argparse.Namespace, task: Task) -> str:
         parts.append(f"max-sensitivity: Captum's, {args.sensitivity_samples} samples, radius "
                      f"{args.perturb_radius:g}")
     if args.sanity_images > 0:
-        stages = " > ".join("+".join(s) for s in task.stages)
+        stages = " > ".join("+".join(group) for group in task.groups)
         parts.append(
             f"sanity checks on the first {min(args.sanity_images, len(task.targets))} rows"
             + ("" if args.sanity_perturbation else ", not for the perturbation methods")
