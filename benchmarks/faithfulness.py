@@ -621,12 +621,20 @@ def plot(result: Result, task: Task, grid_images: Tensor, out: Path) -> None:
         plot_grid(result.grid, task, grid_images, out)
 
 
-def settings(args: argparse.Namespace, task: Task) -> str:
+def settings(args: argparse.Namespace, task: Task, methods: List[Method]) -> str:
     r"""The metric settings of a run, in words, for the table's footnote."""
     width = task.images.shape[-1]
-    parts = [
-        "CAMs ReLU'd and upsampled bilinearly",
-        f"SS-CAM and IS-CAM with {args.smoothing_samples} samples (their defaults: 35 and 10)",
+    names = {m.name for m in methods}
+    parts = ["CAMs ReLU'd and upsampled bilinearly"]
+    left_out = [m.name for m in benchmark_methods() if m.name not in names]
+    if left_out:
+        parts.append(f"not run here: {', '.join(left_out)} (--methods)")
+    if args.no_guided:
+        parts.append("no guided variants (--no-guided)")
+    if names & {"SS-CAM", "IS-CAM"}:
+        parts.append(f"SS-CAM and IS-CAM with {args.smoothing_samples} samples (their defaults: "
+                     "35 and 10)")
+    parts += [
         f"deletion (substrate zeros) and insertion (substrate blur, kernel 11, sigma 5) in "
         f"steps of {args.step or width} px, softmax probability",
     ]
@@ -739,7 +747,7 @@ def evaluate_share(args: argparse.Namespace, task: Task, methods: List[Method], 
     return local
 
 
-def run_config(args: argparse.Namespace, task: Task, world: int,
+def run_config(args: argparse.Namespace, task: Task, methods: List[Method], world: int,
                distributed: bool) -> Dict[str, object]:
     launcher = ["torchrun --nproc_per_node", str(world)] if distributed else ["python"]
     return {
@@ -751,7 +759,7 @@ def run_config(args: argparse.Namespace, task: Task, world: int,
         "threads": args.threads,
         "device": args.device,
         "shapley_samples": args.shapley_samples,
-        "settings": settings(args, task),
+        "settings": settings(args, task, methods),
     }
 
 
@@ -785,7 +793,7 @@ def run_task(args: argparse.Namespace, task: Task, rank: int, world: int,
         everything = gather(evaluate_share(args, task, methods, rank, world))
         if rank == 0:
             result = aggregate(everything, methods, task.images.shape[0])
-            config = run_config(args, task, world, distributed)
+            config = run_config(args, task, methods, world, distributed)
             write_results(args, task, result, config,
                           Environment.capture(torch.device(args.device)))
     finally:
