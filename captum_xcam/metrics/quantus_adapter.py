@@ -166,7 +166,7 @@ def quantus_explain_func(
             cam = GuidedLayerCam(model, module, cam=cam_class, **constructor)
             # Captum's guided backpropagation makes the inputs require
             # gradients, and says so: a detached view leaves the caller's
-            # tensor alone (requiring them up front breaks the Score-CAM family).
+            # tensor alone.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"Input Tensor \d+ did not already")
                 maps = cam.attribute(x.detach(), target=target,
