@@ -334,7 +334,7 @@ def sanity_values(args: argparse.Namespace, task: Task, method: Method, m: int, 
             inputs, target, indices)
 
     randomized = cascading_randomization(
-        explain_on, task.model, batch.x, batch.t, layers=task.stages,
+        explain_on, task.model, batch.x, batch.t, layers=task.groups,
         seed=seed_for(args, batch.number, 0, 8), attributions=attributions)
     generator = torch.Generator().manual_seed(seed_for(args, batch.number, 0, 9))
     logit = random_logit(lambda x, t: method.explain(x, t, indices), batch.x, batch.t,

@@ -33,9 +33,10 @@ class Task:
     two-object scene, ``scales`` the object's size class), the model with its
     CAM layer (and its name, to find it in a randomised copy), and the
     cascade of the parameter-randomisation check: ``groups`` of module names,
-    top of the model first. ``road_noise`` is ROAD's imputation noise in the
-    units of the model's input: the paper's 0.01 for images in [0, 1],
-    divided by the normalisation's standard deviation otherwise."""
+    top of the model first, which together must hold every parameter.
+    ``road_noise`` is ROAD's imputation noise in the units of the model's
+    input: the paper's 0.01 for images in [0, 1], divided by the
+    normalisation's standard deviation otherwise."""
 
     key: str
     title: str
@@ -59,31 +60,12 @@ class Task:
     def layer(self) -> nn.Module:
         return self.model.get_submodule(self.layer_name)
 
-    @property
-    def stages(self) -> List[List[str]]:
-        r"""The cascade's stages: the modules of each group that own parameters."""
-        return stages_of(self.model, self.groups)
-
-
-def owners(model: nn.Module, name: str) -> List[str]:
-    r"""The modules inside ``model.<name>`` that own parameters directly,
-    by full name: what the randomisation re-initialises for that stage."""
-    return [".".join(filter(None, (name, sub)))
-            for sub, module in model.get_submodule(name).named_modules()
-            if any(True for _ in module.parameters(recurse=False))]
-
-
-def stages_of(model: nn.Module, groups: List[List[str]]) -> List[List[str]]:
-    r"""The cascade's stages: each group of named modules (top of the model
-    first) as the modules in it that own parameters, with a check that
-    every parameter of the model is in some stage."""
-    stages = [[owner for name in group for owner in owners(model, name)] for group in groups]
-    covered = {id(p) for stage in stages for name in stage
-               for p in model.get_submodule(name).parameters(recurse=False)}
-    missing = [n for n, p in model.named_parameters() if id(p) not in covered]
-    if missing:
-        raise ValueError(f"the randomisation cascade misses parameters {missing}")
-    return stages
+    def __post_init__(self) -> None:
+        covered = {id(p) for group in self.groups for name in group
+                   for p in self.model.get_submodule(name).parameters()}
+        missing = [n for n, p in self.model.named_parameters() if id(p) not in covered]
+        if missing:
+            raise ValueError(f"the randomisation cascade misses parameters {missing}")
 
 
 def top_first(model: nn.Module) -> List[List[str]]:

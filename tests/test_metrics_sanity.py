@@ -222,3 +222,14 @@ def test_random_logit_of_a_linear_model_with_two_classes():
         random_logit(lambda inputs, t: inputs, x, [0, 2], 2)
     with pytest.raises(ValueError, match="class index"):
         random_logit(lambda inputs, t: inputs, x, None, 2)
+
+
+def test_a_container_stands_for_the_modules_inside_it_that_own_parameters():
+    # Naming a block re-initialises each module in it that owns parameters,
+    # in modules() order: the same cascade as naming them one by one.
+    model = nn.Sequential(small_cnn()[:3], nn.Flatten(), nn.Linear(4 * 36, 5)).double()
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    by_block = cascading_randomization(gradient, model, x, 1, layers=["2", "0"])
+    by_owner = cascading_randomization(gradient, model, x, 1, layers=["2", ["0.0", "0.2"]])
+    torch.testing.assert_close(by_block.similarity, by_owner.similarity)
+    assert by_block.stages == ["2", "0"]

@@ -124,12 +124,13 @@ def _stage_modules(model: Module, stage: Union[str, Sequence[str]]) -> List[Modu
                 f"layers names {name!r}, which is not a submodule of "
                 f"{type(model).__name__}; use names from model.named_modules()."
             ) from None
-        if not owns_parameters(module):
+        owners = [m for m in module.modules() if owns_parameters(m)]
+        if not owners:
             raise ValueError(
-                f"The module {name!r} ({type(module).__name__}) owns no parameters "
-                "directly: name the modules whose weights to re-initialise."
+                f"The module {name!r} ({type(module).__name__}) owns no parameters: "
+                "name the modules whose weights to re-initialise."
             )
-        modules.append(module)
+        modules += owners
     return modules
 
 
@@ -169,7 +170,9 @@ def cascading_randomization(
     Stages, by default, are the modules that own parameters directly, in
     reverse order of their first call (:func:`cascade_order`); ``layers``
     names them instead, each stage a module name or a group of names
-    re-initialised together. The ``k``-th module re-initialised (from 0,
+    re-initialised together; a named module that holds others (a block, a
+    ``Sequential``) stands for every module inside it that owns parameters,
+    in ``modules()`` order. The ``k``-th module re-initialised (from 0,
     counting across stages: stage ``k`` when stages are single modules) gets
     :func:`reinitialise` with seed ``seed + k``: the module's own
     ``reset_parameters()``, PyTorch's initial distribution for it (the paper
