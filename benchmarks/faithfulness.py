@@ -308,7 +308,7 @@ def discrimination_values(args: argparse.Namespace, task: Task, batch: Batch,
             "mispointing": mispointing(maps, other, tolerance=args.tolerance).float()}
 
 
-def road_values(args: argparse.Namespace, batch: Batch, task: Task,
+def road_values(args: argparse.Namespace, task: Task, batch: Batch,
                 attributions: Tensor) -> Dict[str, Tensor]:
     r"""ROAD, most and least relevant first, the same imputation noise for
     every method."""
@@ -323,7 +323,7 @@ def road_values(args: argparse.Namespace, batch: Batch, task: Task,
     return values
 
 
-def sanity_values(args: argparse.Namespace, task: Task, method: Method, m: int, batch: Batch,
+def sanity_values(args: argparse.Namespace, task: Task, method: Method, batch: Batch,
                   attributions: Tensor) -> Dict[str, Tensor]:
     r"""The sanity checks: the cascading parameter randomisation (the mean
     rank correlation over the stages) and the random-logit check."""
@@ -357,13 +357,13 @@ def evaluate_method(args: argparse.Namespace, task: Task, method: Method, m: int
     attributions, seconds = timed_attributions(method, batch)
     row = {"seconds": seconds, **map_values(args, task, batch, attributions)}
     if args.road_percentiles:
-        row.update(road_values(args, batch, task, attributions))
+        row.update(road_values(args, task, batch, attributions))
     if task.other_masks is not None:
         row.update(discrimination_values(args, task, batch, attributions))
     if args.sensitivity_samples > 0:
         row["sensitivity_max"] = max_sensitivity(args, method, batch)
     if wants_sanity(args, method, batch):
-        row.update(sanity_values(args, task, method, m, batch, attributions))
+        row.update(sanity_values(args, task, method, batch, attributions))
     if method.per_channel is not None:
         row.update(channel_values(method, batch))
     if method.name == "Random map" and batch.shapley is not None:
