@@ -1,4 +1,5 @@
 r"""Image files: finding them in folders and reading them as tensors."""
+import os
 from pathlib import Path
 from typing import Iterable, List, Union
 
@@ -11,9 +12,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 def find_images(paths: Iterable[Union[str, Path]]) -> List[Path]:
     r"""
-    The image files named by ``paths``: a file as it is, a folder as its
-    files with an image suffix (:data:`IMAGE_SUFFIXES`, any case), sorted,
-    not recursively. A file named twice is listed once.
+    The image files named by ``paths``, in a deterministic order: a file as it
+    is; a folder as the files with an image suffix (:data:`IMAGE_SUFFIXES`, any
+    case) in it and in its subfolders, recursively, sorted by their path
+    inside the folder (component by component, so a subfolder's files stay
+    together), skipping hidden files and folders (names starting with ".",
+    such as macOS's ``._photo.jpg``) and not following links to folders. A
+    file named twice is listed once, where it first appears.
 
     Raises:
         FileNotFoundError: for a path that does not exist.
@@ -22,11 +27,15 @@ def find_images(paths: Iterable[Union[str, Path]]) -> List[Path]:
     found: List[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            images = sorted(p for p in path.iterdir()
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images = []
+            for parent, folders, names in os.walk(path):
+                folders[:] = [name for name in folders if not name.startswith(".")]
+                images.extend(Path(parent, name) for name in names if not name.startswith(".")
+                              and Path(name).suffix.lower() in IMAGE_SUFFIXES)
+            images.sort(key=lambda image: image.relative_to(path).parts)
             if not images:
                 raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in the folder "
-                                 f"{path}.")
+                                 f"{path} or its subfolders.")
             found.extend(images)
         elif path.exists():
             found.append(path)
