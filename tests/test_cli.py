@@ -113,7 +113,7 @@ def test_explain_with_a_checkpoint_explains_every_image(files, tmp_path):
     assert "warning" not in done.stderr
     figures = ["a.png", "b.png", "a-2.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        figures + ["explanations.csv", "explanations.json"])
+        figures + ["explanations.csv", "explanations.json", "run.json"])
     for figure in figures:
         assert_opens_as_image(out / figure, min_width=400)
     rows = read_csv(out / "explanations.csv")
@@ -481,8 +481,11 @@ def test_checkpoints_are_never_unpickled(files, tmp_path):
     assert_nothing_written(tmp_path / "out")
 
 
-def test_a_failure_midway_leaves_no_partial_output(files, tmp_path, monkeypatch):
-    r"""In-process: the second image fails after the first figure was written."""
+def test_a_failure_midway_keeps_the_images_done_and_marks_the_run_incomplete(
+        files, tmp_path, monkeypatch):
+    r"""In-process: the second image fails after the first one's rows were
+    written. They stay, the output says why it is incomplete, and a rerun
+    explains the rest (more in tests/test_cli_scale.py)."""
     from captum_xcam.cli import explain as explain_command
     from captum_xcam.cli import main
 
@@ -492,7 +495,7 @@ def test_a_failure_midway_leaves_no_partial_output(files, tmp_path, monkeypatch)
     def fail_on_second(*args, **kwargs):
         calls.append(args)
         if len(calls) == 2:
-            assert any(p.suffix == ".png" for p in args[3].parent.iterdir())
+            assert len(read_csv(out / "explanations.csv")) == 1
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
@@ -500,13 +503,23 @@ def test_a_failure_midway_leaves_no_partial_output(files, tmp_path, monkeypatch)
     out = tmp_path / "out"
     out.mkdir()
     (out / "earlier.txt").write_text("from an earlier run")
+    arguments = ["explain", str(files["folder"]), "--model", "resnet18", "--checkpoint",
+                 str(files["checkpoint"]), "--methods", "xgradcam", "--image-size", "32",
+                 "--out", str(out), "--quiet"]
     with pytest.raises(RuntimeError, match="boom"):
-        main(["explain", str(files["folder"]), "--model", "resnet18", "--checkpoint",
-              str(files["checkpoint"]), "--methods", "xgradcam", "--image-size", "32",
-              "--out", str(out), "--quiet"])
+        main(arguments)
     assert len(calls) == 2
-    assert [p.name for p in out.iterdir()] == ["earlier.txt"]
-    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.png", "earlier.txt", "explanations.csv", "explanations.json", "run.json"]
+    assert [r["image"] for r in read_csv(out / "explanations.csv")] == [
+        str(files["folder"] / "a.png")]
+    status = json.loads((out / "run.json").read_text())["status"]
+    assert status["complete"] is False and "RuntimeError: boom" in status["reason"]
+    monkeypatch.setattr(explain_command, "explain_image", real)
+    assert main(arguments) == 0
+    assert [r["image"] for r in read_csv(out / "explanations.csv")] == [
+        str(files["folder"] / "a.png"), str(files["folder"] / "b.jpg")]
+    assert json.loads((out / "run.json").read_text())["status"]["complete"] is True
 
 
 def test_help_and_no_command(capsys):

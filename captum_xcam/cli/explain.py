@@ -2,8 +2,15 @@ r"""``captum-xcam explain``: CAMs of a classification model (torchvision's, timm
 your own) for image files, one figure per image and a table of targets, scores and
 timings.
 
-Every input is checked before any work starts (files, images, model, weights,
-layer, target), and the results are written all at once at the end."""
+Every input is checked before any work starts (files, the first image, model,
+weights, layer, target, and that ``--out`` is new or holds results of the same
+settings). The images are then read, explained and written one at a time:
+each image's rows are on disk as soon as it is done, memory stays flat in the
+number of images, and a rerun with the same ``--out`` skips the images done
+(:mod:`captum_xcam.cli.results`). An image that cannot be read is told on
+stderr and skipped; the run carries on, ends marked incomplete and exits with
+status 1, and a rerun retries it. Under ``torchrun`` the images are shared
+out among the processes (:mod:`captum_xcam.cli.sharding`)."""
 import argparse
 import difflib
 import sys
@@ -21,7 +28,9 @@ from captum_xcam import MethodInfo, list_methods
 from captum_xcam.cli.errors import CliError
 from captum_xcam.cli.methods import attribute, parse_methods
 from captum_xcam.cli.model_sources import model_source
-from captum_xcam.cli.output import staged_output, unique_stems, write_csv, write_json
+from captum_xcam.cli.output import figure_stems
+from captum_xcam.cli.results import RUNNING, ResultsFolder, RowWriter, Status
+from captum_xcam.cli.sharding import Processes, start_processes
 from captum_xcam.data import find_images, read_image
 from captum_xcam.models import Preprocessing
 from captum_xcam.models.torchvision_models import _first_line
@@ -67,25 +76,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--image-size", type=int,
                         help="side of the center crop (default: the weights', else 224)")
+    parser.add_argument("--no-figures", action="store_true",
+                        help="only the table: no figure per image (faster on large datasets)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
 
 
+COLUMNS = ("image", "figure", "method", "target", "target_name", "score", "predicted",
+           "predicted_name", "seconds")
+
+
 @dataclass
 class Job:
-    r"""Everything a run needs, checked. ``reshape_transform`` is the one the
-    CAMs pick for the layer themselves (a vision transformer's tokens or
-    channels-last maps to (N, C, h, w)), None for a (N, C, h, w) layer;
-    ``warned`` the library's warnings already shown."""
+    r"""Everything a run needs, checked. ``files`` is the global list of images
+    (every process's, in order), ``first`` the first one's crop, read up front
+    for the checks; ``reshape_transform`` is the one the CAMs pick for the layer
+    themselves (a vision transformer's tokens or channels-last maps to (N, C,
+    h, w)), None for a (N, C, h, w) layer; ``warned`` the library's warnings
+    already shown."""
 
     files: List[Path]
-    crops: List[Tensor]
+    first: Tensor
     model: nn.Module
     layer: nn.Module
     layer_name: str
     preprocessing: Preprocessing
     categories: Optional[Sequence[str]]
     target: Optional[int]
+    num_outputs: int
     methods: List[MethodInfo]
     device: torch.device
     weights: Optional[str]
@@ -93,44 +111,169 @@ class Job:
     warned: Set[str] = field(default_factory=set)
 
 
+@dataclass
+class Share:
+    r"""What this process did of its share of the images left to do."""
+
+    explained: int = 0
+    failed: List[Dict[str, str]] = field(default_factory=list)
+    stopped: Optional[str] = None
+
+
 def run(args: argparse.Namespace) -> None:
-    job = prepare(args)
-    per_image: List[List[Dict[str, object]]] = []
-    with staged_output(args.out) as staging:
-        images = list(zip(job.files, unique_stems(job.files), job.crops))
-        for path, stem, crop in tqdm(images, desc="Images", unit="image", disable=args.quiet):
-            per_image.append(explain_image(job, path, crop, staging / f"{stem}.png", args))
-        rows = [row for image_rows in per_image for row in image_rows]
-        write_csv(staging / "explanations.csv", rows)
-        write_json(staging / "explanations.json", {"config": config(args, job),
-                                                   "explanations": rows})
-    for first, *_ in per_image:
-        name = f" ({first['target_name']})" if first["target_name"] else ""
-        print(f"{first['image']}: target {first['target']}{name}, probability "
-              f"{first['score']:.3f}, figure {first['figure']}")
-    print(f"Wrote {len(per_image)} figures and explanations.csv, .json to {args.out}")
+    processes = start_processes()
+    try:
+        explain_all(args, processes)
+    finally:
+        processes.close()
 
 
-def prepare(args: argparse.Namespace) -> Job:
-    r"""Checks every input, cheapest first, and loads the images and model."""
+def explain_all(args: argparse.Namespace, processes: Processes) -> None:
+    r"""Checks the inputs, takes in what earlier runs into ``--out`` did,
+    explains this process's share of the images left, and merges."""
+    job = prepare(args, processes)
+    settings = config(args, job)
+    results = ResultsFolder(args.out, COLUMNS, len(job.methods) * (2 if args.guided else 1))
+    results.check(settings)
+    processes.barrier()  # every process has checked the folder before it changes
+    images = [str(path) for path in job.files]
+    if processes.is_first:
+        results.merge(images)  # the rows of an interrupted run, its shards included
+    processes.barrier()
+    done = results.done()
+    todo = [index for index, image in enumerate(images) if image not in done]
+    if not todo and results.is_complete():
+        if processes.is_first:
+            print(f"All {len(images)} images are explained in {args.out} already; "
+                  "nothing to do.")
+        return
+    if processes.is_first:
+        results.start(settings, Status(len(images), len(images) - len(todo), reason=RUNNING))
+    stems = figure_stems(args.images, job.files)  # of the global list: every process agrees
+    share = Share()
+    try:
+        with results.writer(processes.rank, processes.world) as writer:
+            explain_share(job, processes.share(todo), stems, writer, args, processes, share)
+    except (KeyboardInterrupt, Exception) as error:
+        _stopped(error, share, results, settings, images, processes)
+    shares = processes.gather(share)
+    if processes.is_first:
+        status = finish(results, settings, images, shares)
+        _summarize(shares, status, len(images) - len(todo), args)
+    processes.barrier()  # the others wait for the merge: torchrun ends them all at once
+    if processes.is_first and status.failed:
+        first = status.failed[0]["image"]
+        raise CliError(f"{len(status.failed)} of {status.images} images could not be read "
+                       f"({first}{', ...' if len(status.failed) > 1 else ''}); the others are "
+                       f"explained in {args.out}, marked incomplete: fix or remove those "
+                       "files and run the same command again to finish.")
+
+
+def _stopped(error: BaseException, share: Share, results: ResultsFolder,
+             settings: Dict[str, object], images: Sequence[str], processes: Processes) -> None:
+    r"""Ends a run stopped midway by Ctrl-C (exit status 130) or an error
+    (raised again). One process marks the output incomplete, with the reason;
+    one of several cannot (the others may be gone): the manifest already
+    says incomplete, and the next run merges the shards."""
+    interrupted = isinstance(error, KeyboardInterrupt)
+    share.stopped = ("interrupted (Ctrl-C)" if interrupted else
+                     f"stopped by {type(error).__name__}: {_first_line(error)}")
+    if not processes.distributed:
+        finish(results, settings, images, [share])
+    if not interrupted:
+        raise error
+    print(f"captum-xcam: {share.stopped}; the results so far are in {results.out}, marked "
+          "incomplete: run the same command again to resume.", file=sys.stderr)
+    raise SystemExit(130) from None
+
+
+def explain_share(job: Job, share: Sequence[int], stems: Sequence[str], writer: RowWriter,
+                  args: argparse.Namespace, processes: Processes, done: Share) -> None:
+    r"""Explains the images ``share`` (indices into ``job.files``) one at a
+    time, appending each one's rows as it is done, and counts in ``done``."""
+    label = "Images" + (f" (process {processes.rank} of {processes.world})"
+                        if processes.distributed else "")
+    for index in tqdm(share, desc=label, unit="image",
+                      disable=args.quiet or not processes.is_first):
+        rows = explain_file(job, job.files[index], stems[index], args, done)
+        if rows:
+            writer.append(rows)
+            done.explained += 1
+            _print_image(rows[0])
+
+
+def explain_file(job: Job, path: Path, stem: str, args: argparse.Namespace,
+                 done: Share) -> List[Dict[str, object]]:
+    r"""The rows of one image file, or none for a file that cannot be read
+    (told on stderr and recorded in ``done``: the run goes on)."""
+    try:
+        crop = job.preprocessing.crop(read_image(path))
+    except ValueError as error:
+        done.failed.append({"image": str(path), "error": str(error)})
+        tqdm.write(f"captum-xcam: warning: {error}; it gets no rows, and the run stays "
+                   "incomplete (a rerun retries it).", file=sys.stderr)
+        return []
+    figure = None if args.no_figures else args.out / f"{stem}.png"
+    return explain_image(job, path, crop, figure, args)
+
+
+def finish(results: ResultsFolder, settings: Dict[str, object], images: Sequence[str],
+           shares: Sequence[Share]) -> Status:
+    r"""Merges every process's rows in the order of ``images`` and writes the
+    report and the manifest, complete or with the reason it is not."""
+    done = results.merge(images)
+    stopped = [share.stopped for share in shares if share.stopped]
+    status = Status(len(images), sum(image in done for image in images),
+                    [failure for share in shares for failure in share.failed])
+    if stopped:
+        status.reason = f"{stopped[0]}; run the same command again to resume"
+    elif status.failed:
+        status.reason = (f"{len(status.failed)} images could not be read; fix or remove "
+                         "them and run the same command again to retry them")
+    elif status.explained < status.images:
+        status.reason = (f"{status.images - status.explained} images are not explained; "
+                         "run the same command again to resume")
+    results.finish(settings, status)
+    return status
+
+
+def _print_image(first: Dict[str, object]) -> None:
+    name = f" ({first['target_name']})" if first["target_name"] else ""
+    figure = f", figure {first['figure']}" if first["figure"] else ""
+    tqdm.write(f"{first['image']}: target {first['target']}{name}, probability "
+               f"{first['score']:.3f}{figure}")
+
+
+def _summarize(shares: Sequence[Share], status: Status, done_before: int,
+               args: argparse.Namespace) -> None:
+    explained = sum(share.explained for share in shares)
+    before = f" ({done_before} done before)" if done_before else ""
+    figures = "" if args.no_figures else f"{explained} figures and "
+    print(f"Explained {explained} images{before}, {status.explained} of {status.images} "
+          f"in all; wrote {figures}explanations.csv, .json to {args.out}")
+
+
+def prepare(args: argparse.Namespace, processes: Processes) -> Job:
+    r"""Checks every input, cheapest first, and loads the model and the
+    first image (the others are read one at a time as they are explained)."""
     methods = parse_methods(args.methods)
-    device = _device(args.device)
+    device = processes.device(_device(args.device))
     if args.image_size is not None and args.image_size < 16:
         raise CliError(f"--image-size must be at least 16, got {args.image_size}.")
     source = model_source(args)
     try:
         layer_name = args.layer or source.known_layer()
-        files = find_images(args.images)
+        files = _outside(find_images(args.images), args.out)
         preprocessing = source.preprocessing(args.image_size)
-        crops = [preprocessing.crop(read_image(path)) for path in files]
+        first_crop = preprocessing.crop(read_image(files[0]))
         model = source.load(args.checkpoint, args.num_classes)
     except (ValueError, FileNotFoundError) as error:
         raise CliError(str(error)) from None
-    if source.random_weights:
+    if source.random_weights and processes.is_first:
         print(f"captum-xcam: warning: {args.model} has random weights (--weights none): "
               "its explanations are meaningless.", file=sys.stderr)
     model = model.to(device)
-    first = preprocessing.normalize(crops[0]).unsqueeze(0).to(device)
+    first = preprocessing.normalize(first_crop).unsqueeze(0).to(device)
     try:
         layer_name = layer_name or source.find_layer(model, first)
         layer = _layer(model, layer_name, args.model)
@@ -142,13 +285,24 @@ def prepare(args: argparse.Namespace) -> Job:
                        "--image-size may suit it.") from None
     categories = source.categories(num_outputs)
     target = resolve_target(args.target, categories, num_outputs)
-    return Job(files, crops, model, layer, layer_name, preprocessing, categories, target,
-               methods, device, source.weights_label, transform)
+    return Job(files, first_crop, model, layer, layer_name, preprocessing, categories, target,
+               num_outputs, methods, device, source.weights_label, transform)
 
 
-def explain_image(job: Job, path: Path, crop: Tensor, figure_path: Path,
+def _outside(files: List[Path], out: Path) -> List[Path]:
+    r"""``files`` but those in the output folder: the figures of an earlier
+    run into a folder inside the images' folder are not images to explain."""
+    out = Path(out).resolve()
+    kept = [path for path in files if not path.resolve().is_relative_to(out)]
+    if not kept:
+        raise ValueError(f"No images outside the output folder {out}.")
+    return kept
+
+
+def explain_image(job: Job, path: Path, crop: Tensor, figure_path: Optional[Path],
                   args: argparse.Namespace) -> List[Dict[str, object]]:
-    r"""Every method's map of one image, its figure, and its table rows."""
+    r"""Every method's map of one image, its figure (none without
+    ``figure_path``), and its table rows."""
     inputs = job.preprocessing.normalize(crop).unsqueeze(0).to(job.device)
     with torch.no_grad():
         probabilities = job.model(inputs).softmax(1)[0].cpu()
@@ -167,15 +321,16 @@ def explain_image(job: Job, path: Path, crop: Tensor, figure_path: Path,
                 guided[name], seconds[name] = attribute(
                     method, job.model, job.layer, inputs, target, guided=True,
                     show_progress=not args.quiet)
-    with _library_warnings(job, f"the figure of {path.name}"):
-        figure = visualize_attributions(
-            crop.unsqueeze(0), maps, targets=[target], scores=[probabilities[target]],
-            class_names=job.categories, guided=guided, image_titles=[path.name],
-        )
-    figure.savefig(figure_path, dpi=100)
+    if figure_path is not None:
+        with _library_warnings(job, f"the figure of {path.name}"):
+            figure = visualize_attributions(
+                crop.unsqueeze(0), maps, targets=[target], scores=[probabilities[target]],
+                class_names=job.categories, guided=guided, image_titles=[path.name],
+            )
+        figure.savefig(figure_path, dpi=100)
     return [{
         "image": str(path),
-        "figure": figure_path.name,
+        "figure": figure_path.name if figure_path is not None else "",
         "method": name,
         "target": target,
         "target_name": _name(job.categories, target),
@@ -303,6 +458,8 @@ def _name(categories: Optional[Sequence[str]], index: int) -> str:
 
 
 def config(args: argparse.Namespace, job: Job) -> Dict[str, object]:
+    r"""The settings of a run: the runs that fill one ``--out`` must agree on
+    them, but for the device (:data:`captum_xcam.cli.results.MAY_DIFFER`)."""
     return {
         "model": args.model,
         "weights": job.weights,
@@ -313,5 +470,7 @@ def config(args: argparse.Namespace, job: Job) -> Dict[str, object]:
         "guided": args.guided,
         "target": args.target,
         "image_size": job.preprocessing.crop_size,
+        "num_classes": job.num_outputs,
+        "figures": not args.no_figures,
         "device": str(job.device),
     }
