@@ -133,7 +133,8 @@ def test_recursive_folders_are_found_sorted_and_streamed_in_order(data):
           "score": float(row["score"])} for row in rows])
 
 
-def test_a_killed_run_is_valid_marked_incomplete_and_resumes_to_the_same_rows(data, tmp_path):
+def test_a_killed_run_is_valid_marked_incomplete_and_resumes_to_the_same_rows(data, tmp_path,
+                                                                            capsys):
     out = tmp_path / "out"
     slow = arguments(data, data["dataset"], out, "--no-figures",
                      model="slow_builders:slow_net")
@@ -157,12 +158,16 @@ def test_a_killed_run_is_valid_marked_incomplete_and_resumes_to_the_same_rows(da
     assert 8 <= len(rows) < len(reference) and len(rows) % 2 == 0  # whole images only
     assert without_seconds(rows) == without_seconds(reference[:len(rows)])
     assert not (out / "explanations.json").exists()  # written at the end
-    # A kill in the middle of a write (a power cut) would leave a torn line.
-    next_row = ",".join(reference[len(rows)].values())
+    # A power cut in the middle of a write could leave the next image's first
+    # row and a torn second one: that image is not done.
+    first, second = (",".join(row.values()) for row in reference[len(rows):len(rows) + 2])
     with open(table, "a", newline="", encoding="utf-8") as file:
-        file.write(next_row[: len(next_row) // 2])
+        file.write(first + "\r\n" + second[: len(second) // 2])
     explain_in_process(data, data["dataset"], out, "--no-figures",
                        model="slow_builders:slow_net")
+    done_before = len(rows) // 2
+    assert f"Explained {24 - done_before} images ({done_before} done before)" in (
+        capsys.readouterr().out)
     resumed = read_csv(table)
     assert without_seconds(resumed) == without_seconds(reference)
     assert [row["seconds"] for row in resumed[:len(rows)]] == [r["seconds"] for r in rows]

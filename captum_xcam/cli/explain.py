@@ -142,7 +142,7 @@ def explain_all(args: argparse.Namespace, processes: Processes) -> None:
     processes.barrier()
     done = results.done()
     todo = [index for index, image in enumerate(images) if image not in done]
-    if not todo and results.is_complete():
+    if not todo and results.is_complete() and results.report.exists():
         if processes.is_first:
             print(f"All {len(images)} images are explained in {args.out} already; "
                   "nothing to do.")

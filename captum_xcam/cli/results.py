@@ -89,6 +89,7 @@ class ResultsFolder:
         self.columns = list(columns)
         self.rows_per_image = rows_per_image
         self.table = self.out / TABLE
+        self.report = self.out / REPORT
 
     def check(self, config: Mapping[str, object]) -> None:
         r"""Raises CliError unless the folder is new, or holds results of a run
@@ -135,7 +136,7 @@ class ResultsFolder:
         r"""Marks the folder as being written: the manifest says incomplete,
         and the report of an earlier run, no longer true, goes."""
         self._write_manifest(config, status)
-        (self.out / REPORT).unlink(missing_ok=True)
+        self.report.unlink(missing_ok=True)
 
     def finish(self, config: Mapping[str, object], status: Status) -> None:
         r"""The report and the manifest, with ``status``; after :meth:`merge`."""
@@ -148,7 +149,7 @@ class ResultsFolder:
                 file.write(",\n  " if number else "\n  ")
                 file.write(json.dumps(row, ensure_ascii=False))
             file.write("\n ]}\n")
-        _replace(temporary, self.out / REPORT)
+        _replace(temporary, self.report)
         self._write_manifest(config, status)
 
     def rows(self) -> Iterator[Dict[str, object]]:
