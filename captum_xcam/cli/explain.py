@@ -89,14 +89,12 @@ COLUMNS = ("image", "figure", "method", "target", "target_name", "score", "predi
 @dataclass
 class Job:
     r"""Everything a run needs, checked. ``files`` is the global list of images
-    (every process's, in order), ``first`` the first one's crop, read up front
-    for the checks; ``reshape_transform`` is the one the CAMs pick for the layer
+    (every process's, in order); ``reshape_transform`` is the one the CAMs pick for the layer
     themselves (a vision transformer's tokens or channels-last maps to (N, C,
     h, w)), None for a (N, C, h, w) layer; ``warned`` the library's warnings
     already shown."""
 
     files: List[Path]
-    first: Tensor
     model: nn.Module
     layer: nn.Module
     layer_name: str
@@ -285,7 +283,7 @@ def prepare(args: argparse.Namespace, processes: Processes) -> Job:
                        "--image-size may suit it.") from None
     categories = source.categories(num_outputs)
     target = resolve_target(args.target, categories, num_outputs)
-    return Job(files, first_crop, model, layer, layer_name, preprocessing, categories, target,
+    return Job(files, model, layer, layer_name, preprocessing, categories, target,
                num_outputs, methods, device, source.weights_label, transform)
 
 
