@@ -383,7 +383,8 @@ def test_score_cam_replays_are_bounded_per_image_and_skip_constant_channels():
     a = layer_tail(model, layer, (x,), None, 0, False).activations.flatten(2)
     constant = a.amax(2) == a.amin(2)
     assert constant[:, [3, 7]].all()
-    LayerScoreCam(spy, layer).attribute(x, target=[1, 2, 3], perturbations_per_eval=5)
+    LayerScoreCam(spy, layer).attribute(x, target=[1, 2, 3], perturbations_per_eval=5,
+                                        optimized_replays=False)
     explained, reference, *masked = [size for size, _ in spy.batches]
     assert (explained, reference) == (3, 3)
     # 5 channels of each of the 3 images per forward pass, as Captum counts.
@@ -391,11 +392,12 @@ def test_score_cam_replays_are_bounded_per_image_and_skip_constant_channels():
     assert masked == [rows] * (live // rows) + ([live % rows] if live % rows else [])
 
 
-def test_score_cam_keeps_the_channels_last_memory_format():
+def test_score_cam_with_exact_replays_keeps_the_channels_last_memory_format():
     model, layer = make_tiny()
     spy = Spy(model)
     x = make_images(n=2, size=16).contiguous(memory_format=torch.channels_last)
-    fast = LayerScoreCam(spy, layer).attribute(x, target=TARGETS, perturbations_per_eval=8)
+    fast = LayerScoreCam(spy, layer).attribute(x, target=TARGETS, perturbations_per_eval=8,
+                                               optimized_replays=False)
     assert all(channels_last for _, channels_last in spy.batches[2:])
     plain = LayerScoreCam(model, layer).attribute(x.contiguous(), target=TARGETS)
     torch.testing.assert_close(fast, plain, rtol=1e-9, atol=1e-12)

@@ -5,6 +5,7 @@ from captum._utils.typing import BaselineType, TargetType
 from captum.log import log_usage
 from torch import Tensor
 
+from captum_xcam._core.channel_selection import TopChannels
 from captum_xcam._core.registry import PERTURBATION, register_method
 from captum_xcam._core.score_cam import LayerScoreCam, MaskSamples
 from captum_xcam._utils.validation import check_positive_int
@@ -50,6 +51,8 @@ class LayerIntegratedScoreCam(LayerScoreCam):
         perturbations_per_eval: int = 16,
         show_progress: bool = False,
         channel_softmax: bool = False,
+        optimized_replays: bool = True,
+        channel_selection: Optional[TopChannels] = None,
         num_samples: int = 10,
     ) -> Tensor:
         r"""
@@ -72,6 +75,8 @@ class LayerIntegratedScoreCam(LayerScoreCam):
             perturbations_per_eval=perturbations_per_eval,
             show_progress=show_progress,
             channel_softmax=channel_softmax,
+            optimized_replays=optimized_replays,
+            channel_selection=channel_selection,
             num_samples=num_samples,
         )
 

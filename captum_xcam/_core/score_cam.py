@@ -8,8 +8,10 @@ from captum.log import log_usage
 from torch import Tensor
 
 from captum_xcam._core.cam_attribution import PerturbationCamAttribution
+from captum_xcam._core.channel_selection import TopChannels
 from captum_xcam._core.registry import PERTURBATION, register_method
 from captum_xcam._utils.chunks import evaluate_in_chunks
+from captum_xcam._utils.replay import Replay, fast_replay
 from captum_xcam._utils.targets import TargetSelector, rows_of
 
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -52,9 +54,20 @@ class LayerScoreCam(PerturbationCamAttribution):
     every example per forward pass (``N * perturbations_per_eval`` rows for N
     examples, as Captum counts), so memory grows with that number, not with
     the channel count; channels with a constant map are not replayed. The
-    masked inputs keep the memory format of the inputs: images in
-    ``torch.channels_last`` make the many forward passes faster on most
-    devices (about 1.4x on a CPU for ResNet-50), where the model accepts them.
+    default 16 was measured on a CPU (ResNet-18 and -50: 8 to 32 are within a
+    few percent of each other, 4 and 64 slower; see benchmarks/results/speed.md).
+
+    The masked inputs are scored through a faster copy of ``forward_func``
+    (:mod:`captum_xcam._utils.replay`): batch norm folded into the
+    convolution before it for a model in eval mode, and on a CPU the memory
+    format (the inputs' own or channels-last) that the first forward passes
+    measure faster; the model itself is untouched. The copy is checked
+    against ``forward_func`` on the inputs first (within 1e-5 of the largest
+    output; a warning says why where it cannot be used), and the maps agree
+    with ``optimized_replays=False`` to float rounding. To score a softmax
+    and keep the folding, wrap the model in a module rather than a lambda
+    (``nn.Sequential(model, nn.Softmax(dim=1))``); a Python function that
+    calls the model is traced through it where torch.fx can.
     """
 
     @log_usage()
@@ -70,6 +83,8 @@ class LayerScoreCam(PerturbationCamAttribution):
         perturbations_per_eval: int = 16,
         show_progress: bool = False,
         channel_softmax: bool = False,
+        optimized_replays: bool = True,
+        channel_selection: Optional[TopChannels] = None,
     ) -> Tensor:
         r"""
         Arguments as in :meth:`CamAttribution.attribute`, and:
@@ -87,6 +102,14 @@ class LayerScoreCam(PerturbationCamAttribution):
                         channels. Default: False
             channel_softmax (bool, optional): Softmax the weights over the
                         channels (the paper's Algorithm 1). Default: False
+            optimized_replays (bool, optional): Score the masked inputs
+                        through the faster, checked copy of forward_func
+                        described above; False scores them through
+                        forward_func itself. Default: True
+            channel_selection (TopChannels, optional): Replay only the top
+                        channels of each example by a cheap criterion
+                        (:class:`~captum_xcam.TopChannels`); the others get
+                        weight 0. Default: None (every channel)
 
         Returns:
             *Tensor* of **attributions**, shaped as by :meth:`CamAttribution.attribute`.
@@ -102,6 +125,8 @@ class LayerScoreCam(PerturbationCamAttribution):
             perturbations_per_eval=perturbations_per_eval,
             show_progress=show_progress,
             channel_softmax=channel_softmax,
+            optimized_replays=optimized_replays,
+            channel_selection=channel_selection,
         )
 
     def _activations_and_weights(
@@ -114,6 +139,8 @@ class LayerScoreCam(PerturbationCamAttribution):
         perturbations_per_eval: int = 16,
         show_progress: bool = False,
         channel_softmax: bool = False,
+        optimized_replays: bool = True,
+        channel_selection: Optional[TopChannels] = None,
         **sampling: Any,
     ) -> Tuple[Tensor, Tensor]:
         activations = self._layer_grid(inputs, additional_forward_args, attribute_to_layer_input)
@@ -126,10 +153,16 @@ class LayerScoreCam(PerturbationCamAttribution):
                 f"{[tuple(x.shape) for x in inputs]})."
             )
         samples = self._mask_samples(**sampling)
+        unselected = self._unselected_channels(
+            channel_selection, activations, inputs, target, additional_forward_args,
+            attribute_to_layer_input)
+        skip = skipped_channels(activations, samples, unselected)
         references = format_baselines(baselines, inputs)
         args = additional_forward_args or ()
-        with torch.no_grad():
-            reference_output = self.forward_func(*references, *args)
+        replay = (fast_replay(self.forward_func, self.layer, inputs, args, self.method_info.name)
+                  if optimized_replays and not bool(skip.all()) else Replay(self.forward_func))
+        with torch.inference_mode():
+            reference_output = replay.forward(*references, *args)
         select = TargetSelector(target, reference_output)
         reference_scores = select(reference_output)
         n, channels = activations.shape[:2]
@@ -141,12 +174,10 @@ class LayerScoreCam(PerturbationCamAttribution):
                 mask_input(x[rows], b[rows], samples.apply(maps, sample, x)) if m else x[rows]
                 for x, b, m in zip(inputs, references, masked)
             )
-            with torch.no_grad():
-                output = self.forward_func(*masked_inputs, *(rows_of(args, rows) or ()))
+            with torch.inference_mode():
+                output = replay(masked_inputs, rows_of(args, rows) or ())
             return select(output, rows) - reference_scores[rows.to(reference_scores.device)]
 
-        flat = activations.flatten(2)
-        constant = flat.amax(2) == flat.amin(2)
         scores = evaluate_in_chunks(
             n,
             channels * samples.count,
@@ -155,10 +186,12 @@ class LayerScoreCam(PerturbationCamAttribution):
             activations.device,
             show_progress,
             desc=f"{self.method_info.name} channels",
-            skip=constant.repeat(1, samples.count) if samples.zero_if_constant else None,
+            skip=skip.repeat(1, samples.count),
         )
         weights = scores.reshape(n, samples.count, channels).mean(1)
-        if channel_softmax:
+        if channel_softmax:  # over the evaluated channels
+            if unselected is not None:
+                weights = weights.masked_fill(unselected, -torch.inf)
             weights = weights.softmax(dim=1)
         return activations, weights
 
@@ -192,6 +225,17 @@ class MaskSamples:
         return self.transform(masks, sample.to(x.device))
 
 
+def skipped_channels(
+    activations: Tensor, samples: MaskSamples, unselected: Optional[Tensor]
+) -> Tensor:
+    r"""The channels (N, K) that are not replayed: the constant ones where
+    ``samples`` knows their weight is 0, and the ``unselected`` ones."""
+    flat = activations.flatten(2)
+    skip = (flat.amax(2) == flat.amin(2)) if samples.zero_if_constant else torch.zeros_like(
+        flat[..., 0], dtype=torch.bool)
+    return skip if unselected is None else skip | unselected
+
+
 def upsampled_masks(maps: Tensor, size: Tuple[int, ...]) -> Tensor:
     r"""Score-CAM's masks ``H``: each map (M, *spatial) interpolated to ``size``
     and min-max normalised to [0, 1]; a constant map gives zeros. Constancy is
@@ -210,9 +254,8 @@ def upsampled_masks(maps: Tensor, size: Tuple[int, ...]) -> Tensor:
 
 def mask_input(x: Tensor, reference: Tensor, masks: Tensor) -> Tensor:
     r"""``X_b + (X - X_b) * H`` for M rows of an input and M masks, in the
-    memory format of ``x`` (channels-last inputs make faster convolutions on
-    many devices). Detached: the scores of masked inputs need no gradient,
-    and ``out=`` refuses inputs that require one."""
+    memory format of ``x``. Detached: the scores of masked inputs need no
+    gradient, and ``out=`` refuses inputs that require one."""
     x, reference = x.detach(), reference.detach()
     return torch.addcmul(reference, x - reference, masks.detach(), out=torch.empty_like(x))
 

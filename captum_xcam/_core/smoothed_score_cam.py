@@ -6,6 +6,7 @@ from captum._utils.typing import BaselineType, TargetType
 from captum.log import log_usage
 from torch import Tensor
 
+from captum_xcam._core.channel_selection import TopChannels
 from captum_xcam._core.registry import PERTURBATION, register_method
 from captum_xcam._core.score_cam import LayerScoreCam, MaskSamples
 from captum_xcam._utils.validation import check_positive_int
@@ -56,6 +57,8 @@ class LayerSmoothedScoreCam(LayerScoreCam):
         perturbations_per_eval: int = 16,
         show_progress: bool = False,
         channel_softmax: bool = False,
+        optimized_replays: bool = True,
+        channel_selection: Optional[TopChannels] = None,
         num_samples: int = 35,
         stddev: float = 2.0,
         seed: int = 0,
@@ -83,6 +86,8 @@ class LayerSmoothedScoreCam(LayerScoreCam):
             perturbations_per_eval=perturbations_per_eval,
             show_progress=show_progress,
             channel_softmax=channel_softmax,
+            optimized_replays=optimized_replays,
+            channel_selection=channel_selection,
             num_samples=num_samples,
             stddev=stddev,
             seed=seed,

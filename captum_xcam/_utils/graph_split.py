@@ -90,7 +90,7 @@ class _LayerTracer(fx.Tracer):
     and modules with hooks (which must still run as modules); ``len`` of a
     traced tensor is recorded, not refused."""
 
-    def __init__(self, layer: Module) -> None:
+    def __init__(self, layer: Optional[Module]) -> None:
         leaves, functions = _timm_notrace()
         super().__init__(autowrap_functions=functions)
         self.layer = layer
@@ -282,23 +282,9 @@ def _split(
 def _traced_split(
     root: Module, layer: Module, attribute_to_layer_input: bool
 ) -> Union[GraphSplit, Unsplittable]:
-    called = list(root.children()) if isinstance(root, _CalledModel) else []
-    if _has_hooks(root) or any(_has_hooks(m) for m in called):
-        return Unsplittable(
-            "the model itself has hooks, which running its parts apart would skip",
-            "remove the model's own hooks while explaining (hooks on its submodules are fine)")
-    if _has_global_hooks():
-        return Unsplittable(
-            "global module hooks are registered (torch.nn.modules.module.register_module_*)",
-            "remove the global hooks while explaining")
-    try:
-        graph = _LayerTracer(layer).trace(root)
-    except Exception as error:  # untraceable Python: data-dependent control flow and the like
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return Unsplittable(
-            f"torch.fx cannot trace it ({type(error).__name__}: {first_line[:200]})",
-            "make its forward traceable by torch.fx (no Python branches or loops on tensor "
-            "values, no conversion of tensors to Python numbers)")
+    graph = _trace(root, _LayerTracer(layer))
+    if isinstance(graph, Unsplittable):
+        return graph
     calls = [
         n for n in graph.nodes if n.op == "call_module" and root.get_submodule(n.target) is layer
     ]
@@ -325,6 +311,49 @@ def _traced_split(
         fx.GraphModule(root, tail_graph),
         kinds,
     )
+
+
+def traced_model(
+    forward_func: Callable, model: Optional[Module], layer: Module, num_args: int = 1
+) -> Union[fx.GraphModule, Unsplittable]:
+    r"""``forward_func`` as one graph module traced through every module but
+    torch.nn's own (and timm's untraceable ones, and modules with hooks), or
+    an :class:`Unsplittable` saying why it cannot be traced. The graph module
+    shares the model's modules: replacing one of its modules (batch norm
+    folded into a copy of a convolution) leaves the model as it is."""
+    root = model if model is not None else _called_model(forward_func, layer, num_args)
+    if isinstance(root, Unsplittable):
+        return root
+    names = set(root.__dict__)
+    try:
+        graph = _trace(root, _LayerTracer(None))
+        return graph if isinstance(graph, Unsplittable) else fx.GraphModule(root, graph)
+    finally:
+        for name in set(root.__dict__) - names:
+            delattr(root, name)
+
+
+def _trace(root: Module, tracer: "_LayerTracer") -> Union[fx.Graph, Unsplittable]:
+    r"""The graph of ``root``, or why it has none: hooks on the model itself
+    or global module hooks (which running a graph module would skip), or
+    untraceable Python."""
+    called = list(root.children()) if isinstance(root, _CalledModel) else []
+    if _has_hooks(root) or any(_has_hooks(m) for m in called):
+        return Unsplittable(
+            "the model itself has hooks, which running its parts apart would skip",
+            "remove the model's own hooks while explaining (hooks on its submodules are fine)")
+    if _has_global_hooks():
+        return Unsplittable(
+            "global module hooks are registered (torch.nn.modules.module.register_module_*)",
+            "remove the global hooks while explaining")
+    try:
+        return tracer.trace(root)
+    except Exception as error:  # untraceable Python: data-dependent control flow and the like
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return Unsplittable(
+            f"torch.fx cannot trace it ({type(error).__name__}: {first_line[:200]})",
+            "make its forward traceable by torch.fx (no Python branches or loops on tensor "
+            "values, no conversion of tensors to Python numbers)")
 
 
 def _head_graph(head_nodes: List[fx.Node], boundary: fx.Node, crossing: List[fx.Node]) -> fx.Graph:
