@@ -11,6 +11,7 @@ from captum_xcam._core.cam_attribution import (
     GradientCamAttribution,
     PerturbationCamAttribution,
 )
+from captum_xcam._core.channel_selection import TopChannels
 from captum_xcam._core.guided_layer_cam import GuidedLayerCam
 from captum_xcam._core.lift_cam import LiftCompletenessWarning
 from captum_xcam._core.multi_layer_cam import MultiLayerCam
@@ -48,6 +49,7 @@ __all__ = [
     "GradientCamAttribution",
     "PerturbationCamAttribution",
     "TokenGrid",
+    "TopChannels",
     "GuidedLayerCam",
     "LiftCompletenessWarning",
     "MethodInfo",

@@ -7,6 +7,7 @@ from captum.log import log_usage
 from torch import Tensor
 
 from captum_xcam._core.cam_attribution import PerturbationCamAttribution
+from captum_xcam._core.channel_selection import TopChannels
 from captum_xcam._core.registry import PERTURBATION, register_method
 from captum_xcam._utils.chunks import evaluate_in_chunks
 from captum_xcam._utils.layer_tail import LayerTail
@@ -61,6 +62,7 @@ class LayerAblationCam(PerturbationCamAttribution):
         attr_dim_summation: bool = True,
         perturbations_per_eval: int = 16,
         show_progress: bool = False,
+        channel_selection: Optional[TopChannels] = None,
     ) -> Tensor:
         r"""
         Arguments as in :meth:`CamAttribution.attribute`, and:
@@ -71,6 +73,11 @@ class LayerAblationCam(PerturbationCamAttribution):
                         Default: 16
             show_progress (bool, optional): Show a progress bar over the
                         ablated channels. Default: False
+            channel_selection (TopChannels, optional): Ablate only the top
+                        channels of each example by a cheap criterion
+                        (:class:`~captum_xcam.TopChannels`, as
+                        pytorch-grad-cam's ``ratio_channels_to_ablate``); the
+                        others get weight 0. Default: None (every channel)
 
         Returns:
             *Tensor* of **attributions**, shaped as by :meth:`CamAttribution.attribute`.
@@ -84,6 +91,7 @@ class LayerAblationCam(PerturbationCamAttribution):
             attr_dim_summation,
             perturbations_per_eval=perturbations_per_eval,
             show_progress=show_progress,
+            channel_selection=channel_selection,
         )
 
     def _activations_and_weights(
@@ -94,9 +102,14 @@ class LayerAblationCam(PerturbationCamAttribution):
         attribute_to_layer_input: bool,
         perturbations_per_eval: int = 16,
         show_progress: bool = False,
+        channel_selection: Optional[TopChannels] = None,
     ) -> Tuple[Tensor, Tensor]:
         tail = self._tail(inputs, target, additional_forward_args, attribute_to_layer_input)
-        ablated = ablated_channel_scores(tail, perturbations_per_eval, show_progress)
+        unselected = self._unselected_channels(
+            channel_selection, tail.activations, inputs, target, additional_forward_args,
+            attribute_to_layer_input)
+        ablated = ablated_channel_scores(tail, perturbations_per_eval, show_progress,
+                                         skip=unselected)
         return tail.activations, relative_drop(tail.target_scores, ablated)
 
 
@@ -105,10 +118,12 @@ def ablated_channel_scores(
     perturbations_per_eval: int,
     show_progress: bool = False,
     desc: str = "Ablation-CAM channels",
+    skip: Optional[Tensor] = None,
 ) -> Tensor:
     r"""The target score ``y_k`` (N, K) of every example with channel ``k`` of
     the layer tensor set to zero, ``perturbations_per_eval`` ablations of each
-    example per replay of the model after the layer."""
+    example per replay of the model after the layer. Where ``skip`` (N, K) is
+    True the channel is not ablated and ``y_k = y``."""
     activations = tail.activations
 
     def ablated_scores(rows: Tensor, channels: Tensor) -> Tensor:
@@ -116,7 +131,7 @@ def ablated_channel_scores(
         ablated[torch.arange(len(rows), device=ablated.device), channels] = 0
         return tail.scores(ablated, rows)
 
-    return evaluate_in_chunks(
+    scores = evaluate_in_chunks(
         activations.shape[0],
         activations.shape[1],
         ablated_scores,
@@ -124,7 +139,12 @@ def ablated_channel_scores(
         activations.device,
         show_progress,
         desc=desc,
+        skip=skip,
     )
+    if skip is None:
+        return scores
+    unablated = tail.target_scores.reshape(-1, 1).to(scores)
+    return torch.where(skip.to(scores.device), unablated, scores)
 
 
 def relative_drop(scores: Tensor, ablated_scores: Tensor) -> Tensor:

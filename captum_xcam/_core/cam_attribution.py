@@ -10,6 +10,7 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import DataParallel, Module
 
+from captum_xcam._core.channel_selection import TopChannels, channel_criterion
 from captum_xcam._utils.formatting import as_forward_args, as_tuple
 from captum_xcam._utils.layer_grid import LayerGrid
 from captum_xcam._utils.layer_hooks import differentiable_from
@@ -211,6 +212,59 @@ class CamAttribution(LayerAttribution):
             grid=self._grid,
         )
 
+    def _activations_and_gradients(
+        self,
+        inputs: Tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Optional[Tuple[object, ...]],
+        attribute_to_layer_input: bool,
+        grad_kwargs: Dict[str, Any],
+    ) -> Tuple[Tensor, Tensor]:
+        r"""``A`` and ``G = dy/dA`` from one forward pass, in which only the
+        part after the layer builds a graph, and a backward pass that stops at
+        the layer: no parameter gradients are computed."""
+        if self.device_ids or isinstance(self._model, DataParallel):
+            return self._activations_and_gradients_per_device(
+                inputs, target, additional_forward_args, attribute_to_layer_input, grad_kwargs
+            )
+        with torch.no_grad(), differentiable_from(self.layer, attribute_to_layer_input) as records:
+            output = self.forward_func(*inputs, *(additional_forward_args or ()))
+            scores = select_target_scores(output, target)  # on the graph, if any
+        activations = single_record(records, self.layer, attribute_to_layer_input)
+        if not scores.requires_grad:
+            raise ValueError(
+                f"The target output does not depend on the {type(self.layer).__name__} "
+                "layer's tensor: explain a layer that the output is computed from."
+            )
+        (gradients,) = torch.autograd.grad(
+            scores, activations, torch.ones_like(scores), **grad_kwargs
+        )
+        return activations.detach(), gradients
+
+    def _activations_and_gradients_per_device(
+        self,
+        inputs: Tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Optional[Tuple[object, ...]],
+        attribute_to_layer_input: bool,
+        grad_kwargs: Dict[str, Any],
+    ) -> Tuple[Tensor, Tensor]:
+        r"""The same through Captum, which gathers a DataParallel model's
+        per-device layer tensors."""
+        gradients, evals = compute_layer_gradients_and_eval(
+            scoring(self.forward_func, target),
+            self.layer,
+            inputs,
+            None,
+            additional_forward_args,
+            device_ids=self.device_ids or getattr(self._model, "device_ids", None),
+            attribute_to_layer_input=attribute_to_layer_input,
+            **({"grad_kwargs": grad_kwargs} if grad_kwargs else {}),
+        )
+        where = "input" if attribute_to_layer_input else "output"
+        activations = check_layer_tensor(evals, self.layer, where)
+        return activations.detach(), gradients[0].detach()
+
     def _layer_grid(
         self,
         inputs: Tuple[Tensor, ...],
@@ -292,59 +346,6 @@ class GradientCamAttribution(CamAttribution, GradientAttribution):
         grid = self._grid(activations)
         return grid, self._weights(grid, self._grid.gradient(gradients, activations, grid))
 
-    def _activations_and_gradients(
-        self,
-        inputs: Tuple[Tensor, ...],
-        target: TargetType,
-        additional_forward_args: Optional[Tuple[object, ...]],
-        attribute_to_layer_input: bool,
-        grad_kwargs: Dict[str, Any],
-    ) -> Tuple[Tensor, Tensor]:
-        r"""``A`` and ``G = dy/dA`` from one forward pass, in which only the
-        part after the layer builds a graph, and a backward pass that stops at
-        the layer: no parameter gradients are computed."""
-        if self.device_ids or isinstance(self._model, DataParallel):
-            return self._activations_and_gradients_per_device(
-                inputs, target, additional_forward_args, attribute_to_layer_input, grad_kwargs
-            )
-        with torch.no_grad(), differentiable_from(self.layer, attribute_to_layer_input) as records:
-            output = self.forward_func(*inputs, *(additional_forward_args or ()))
-            scores = select_target_scores(output, target)  # on the graph, if any
-        activations = single_record(records, self.layer, attribute_to_layer_input)
-        if not scores.requires_grad:
-            raise ValueError(
-                f"The target output does not depend on the {type(self.layer).__name__} "
-                "layer's tensor: explain a layer that the output is computed from."
-            )
-        (gradients,) = torch.autograd.grad(
-            scores, activations, torch.ones_like(scores), **grad_kwargs
-        )
-        return activations.detach(), gradients
-
-    def _activations_and_gradients_per_device(
-        self,
-        inputs: Tuple[Tensor, ...],
-        target: TargetType,
-        additional_forward_args: Optional[Tuple[object, ...]],
-        attribute_to_layer_input: bool,
-        grad_kwargs: Dict[str, Any],
-    ) -> Tuple[Tensor, Tensor]:
-        r"""The same through Captum, which gathers a DataParallel model's
-        per-device layer tensors."""
-        gradients, evals = compute_layer_gradients_and_eval(
-            scoring(self.forward_func, target),
-            self.layer,
-            inputs,
-            None,
-            additional_forward_args,
-            device_ids=self.device_ids or getattr(self._model, "device_ids", None),
-            attribute_to_layer_input=attribute_to_layer_input,
-            **({"grad_kwargs": grad_kwargs} if grad_kwargs else {}),
-        )
-        where = "input" if attribute_to_layer_input else "output"
-        activations = check_layer_tensor(evals, self.layer, where)
-        return activations.detach(), gradients[0].detach()
-
     def _weights(self, activations: Tensor, gradients: Tensor) -> Tensor:
         r"""The weights, (N, K) or (N, K, *spatial), from ``A`` and ``G``
         (N, K, *spatial)."""
@@ -365,6 +366,31 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
     ) -> None:
         CamAttribution.__init__(self, forward_func, layer, device_ids, reshape_transform)
         PerturbationAttribution.__init__(self, forward_func)
+
+    def _unselected_channels(
+        self,
+        selection: Optional[TopChannels],
+        activations: Tensor,
+        inputs: Tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Optional[Tuple[object, ...]],
+        attribute_to_layer_input: bool,
+    ) -> Optional[Tensor]:
+        r"""Where ``selection`` leaves a channel out, (N, K) True, from the
+        layer's grid ``activations`` and, for the gradient criterion, the
+        gradients of the target at the layer (one backward pass); None
+        without a selection."""
+        if selection is None:
+            return None
+        if not isinstance(selection, TopChannels):
+            raise TypeError("channel_selection takes a captum_xcam.TopChannels, got a "
+                            f"{type(selection).__name__}.")
+        gradients = None
+        if selection.by == "gradient":
+            raw, raw_gradients = self._activations_and_gradients(
+                inputs, target, additional_forward_args, attribute_to_layer_input, {})
+            gradients = self._grid.gradient(raw_gradients, raw, activations)
+        return selection.unselected(channel_criterion(selection.by, activations, gradients))
 
 
 def spatial_sum(x: Tensor) -> Tensor:
