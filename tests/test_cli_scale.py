@@ -294,9 +294,7 @@ def test_ctrl_c_midway_writes_what_is_done_marked_interrupted(data, tmp_path, ca
 
     monkeypatch.setattr(explain_command, "explain_image", interrupt_third)
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exit_:
-        explain_in_process(data, data["dataset"], out, "--no-figures")
-    assert exit_.value.code == 130
+    explain_in_process(data, data["dataset"], out, "--no-figures", expect=130)
     assert "interrupted (Ctrl-C); the results so far are in" in capsys.readouterr().err
     report = json.loads((out / "explanations.json").read_text())
     assert report["status"] == status(out)

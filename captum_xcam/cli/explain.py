@@ -180,9 +180,8 @@ def _stopped(error: BaseException, share: Share, results: ResultsFolder,
         finish(results, settings, images, [share])
     if not interrupted:
         raise error
-    print(f"captum-xcam: {share.stopped}; the results so far are in {results.out}, marked "
-          "incomplete: run the same command again to resume.", file=sys.stderr)
-    raise SystemExit(130) from None
+    raise KeyboardInterrupt(f"{share.stopped}; the results so far are in {results.out}, "
+                            "marked incomplete: run the same command again to resume.") from None
 
 
 def explain_share(job: Job, share: Sequence[int], stems: Sequence[str], writer: RowWriter,

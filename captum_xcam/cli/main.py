@@ -40,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CliError as error:
         print(f"captum-xcam: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("captum-xcam: interrupted; no results written.", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # explain's says what became of the results
+        print(f"captum-xcam: {interrupt or 'interrupted.'}", file=sys.stderr)
         return 130
     return 0
