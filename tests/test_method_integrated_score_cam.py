@@ -17,6 +17,11 @@ TARGET = 1
 TARGETS = [1, 7]
 
 
+# Three of the five architectures: IS-CAM scores Score-CAM's masks, scaled, so
+# the Score-CAM and SS-CAM brute forces (test_formulas.py, test_method_smoothed_
+# score_cam.py) already replay every architecture's masks; VGG-11 and DenseNet-121
+# here took 2.5 of the suite's minutes.
+@pytest.mark.parametrize("architecture", ["resnet18", "mobilenet_v2", "efficientnet_b0"])
 def test_is_cam_brute_force(architecture):
     model, layer = make_model(architecture)
     x = make_images(n=1)
