@@ -29,7 +29,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from captum_xcam.cli.errors import CliError
 
@@ -115,7 +115,7 @@ class ResultsFolder:
             raise CliError(f"{self.table} has other columns than this captum-xcam writes; "
                            "use another --out, or delete it to start over.")
 
-    def manifest(self) -> Optional[Dict[str, object]]:
+    def manifest(self) -> Optional[Dict[str, Any]]:
         path = self.out / MANIFEST
         if not path.exists():
             return None
