@@ -27,7 +27,7 @@ def find_images(paths: Iterable[Union[str, Path]]) -> List[Path]:
     found: List[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            images = []
+            images: List[Path] = []
             for parent, folders, names in os.walk(path):
                 folders[:] = [name for name in folders if not name.startswith(".")]
                 images.extend(Path(parent, name) for name in names if not name.startswith(".")
