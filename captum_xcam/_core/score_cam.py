@@ -53,9 +53,9 @@ class LayerScoreCam(PerturbationCamAttribution):
     Masked inputs are built and scored ``perturbations_per_eval`` channels of
     every example per forward pass (``N * perturbations_per_eval`` rows for N
     examples, as Captum counts), so memory grows with that number, not with
-    the channel count; channels with a constant map are not replayed. The
-    default 16 was measured on a CPU (ResNet-18 and -50: 8 to 32 are within a
-    few percent of each other, 4 and 64 slower; see benchmarks/results/speed.md).
+    the channel count; channels with a constant map are not replayed. On a
+    CPU the default 16 is within 5 % (ResNet-18) and 9 % (ResNet-50) of the
+    fastest of 4 to 64 rows per pass (benchmarks/results/replay_chunks.md).
 
     The masked inputs are scored through a faster copy of ``forward_func``
     (:mod:`captum_xcam._utils.replay`): batch norm folded into the
