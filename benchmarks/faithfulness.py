@@ -34,7 +34,6 @@ keeps the others').
 """
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -68,6 +67,7 @@ from benchmarks.faithfulness_tasks import (  # noqa: E402
     scenes_task,
 )
 from captum_xcam import GuidedLayerCam  # noqa: E402
+from captum_xcam.cli import sharding  # noqa: E402
 from captum_xcam.data.scenes import SCALE_NAMES  # noqa: E402
 from captum_xcam.metrics import (  # noqa: E402
     axiom_errors,
@@ -723,12 +723,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def start_processes() -> Tuple[bool, int, int]:
     r"""Whether this is one of several processes (``torchrun``), its rank and
-    the number of processes."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if not distributed:
-        return False, 0, 1
-    dist.init_process_group("gloo")
-    return True, dist.get_rank(), dist.get_world_size()
+    the number of processes: the explain command's start (a gloo group whose
+    barriers wait as long as the slowest share takes)."""
+    processes = sharding.start_processes()
+    return processes.distributed, processes.rank, processes.world
 
 
 def evaluate_share(args: argparse.Namespace, task: Task, methods: List[Method], rank: int,
